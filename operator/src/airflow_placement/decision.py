@@ -1,0 +1,67 @@
+"""The decision: does this host run this task of this DAG run? A pure function of plain data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from airflow_placement.document import Placement, normalize_host
+
+Outcome = Literal["run", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a host does with one task of one DAG run, and why."""
+
+    decision: Outcome
+    owner: str | None
+    reason: str
+    dag_id: str
+    task_id: str | None
+    host: str
+    when: datetime
+    revision: str
+    entry: str | None
+
+    @property
+    def run(self) -> bool:
+        return self.decision == "run"
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["when"] = self.when.isoformat()
+        return data
+
+
+def decide(placement: Placement, *, dag_id: str, task_id: str | None, host: str, when: datetime) -> Decision:
+    """Decide whether ``host`` runs ``task_id`` of the run of ``dag_id`` whose logical date is ``when``.
+
+    Every host holding the same document reaches the same owner for the same run, because the owner depends only on
+    the document, the ids and the run's logical date; so at most one host decides ``run``.
+
+    :param placement: a validated placement document.
+    :param dag_id: the DAG's id.
+    :param task_id: the task's id, or None to decide for the DAG as a whole.
+    :param host: this server's name.
+    :param when: the run's logical date (or its run_after, for runs without one); must carry a UTC offset.
+    """
+    if when.tzinfo is None:
+        raise ValueError(f"the run's date {when.isoformat()} has no UTC offset")
+    me = normalize_host(host)
+    entry = placement.entry_for(dag_id)
+
+    def result(decision: Outcome, owner: str | None, reason: str) -> Decision:
+        return Decision(decision, owner, reason, dag_id, task_id, me, when, placement.revision, entry and entry.key)
+
+    if entry is None:
+        return result("skip", None, f"no entry or pattern in the document matches DAG {dag_id!r}")
+    schedule, overridden = entry.schedule_for(task_id)
+    owner = schedule.owner_at(when)
+    source = f"task override in entry {entry.key!r}" if overridden else f"entry {entry.key!r}"
+    if len(schedule.handovers) and when >= schedule.handovers[0].at:
+        source += " after a scheduled handover"
+    if owner == me:
+        return result("run", owner, f"this host owns the run by {source}")
+    return result("skip", owner, f"owned by {owner} by {source}")

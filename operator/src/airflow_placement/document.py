@@ -1,0 +1,402 @@
+"""The placement document: parsing, validation and the ownership model.
+
+A document is a YAML mapping from DAG id (or a glob pattern of DAG ids) to the server that owns it::
+
+    dag_1: server-1.tld                  # the seed form
+    "etl_*": server-2.tld                # a pattern for DAGs nobody listed
+    "*": server-1.tld                    # the catch-all
+    reports:
+      owner: server-1.tld                # owner of runs before the first handover
+      handover:                          # from `at` (a run's logical date) on, `owner` owns it
+        - {at: "2026-12-01T06:00:00Z", owner: server-2.tld}
+      tasks:                             # per-task overrides, same forms as above
+        publish: server-2.tld
+
+Which entry applies to a DAG: its exact key; otherwise the matching pattern with the most literal (non-wildcard)
+characters, ties going to the pattern written first. A DAG that nothing matches is owned by nobody: every server
+skips it.
+
+Parsing is strict because a wrong document must never make a server run: no aliases, anchors or tags, no duplicate
+keys, one YAML document, a bounded size, and the JSON Schema in ``schema/placement.schema.json``. Every rejection
+names the line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import fastjsonschema
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 8
+_MAX_REPORTED_PROBLEMS = 20
+_GLOB_CHARS = re.compile(r"[*?\[\]!]")
+_WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
+
+Path = tuple[str | int, ...]
+
+
+def normalize_host(name: str) -> str:
+    """Return ``name`` as compared with other host names: DNS case-insensitive, a trailing dot ignored."""
+    return name.strip().rstrip(".").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a document was rejected, with the 1-based line it was found on (when known)."""
+
+    line: int | None
+    message: str
+
+    def render(self, origin: str) -> str:
+        return f"{origin}:{self.line}: {self.message}" if self.line else f"{origin}: {self.message}"
+
+
+class DocumentError(ValueError):
+    """A placement document was rejected. ``str()`` is one line; ``problems`` lists every reason found."""
+
+    def __init__(self, origin: str, problems: list[Problem]) -> None:
+        self.origin = origin
+        self.problems = problems
+        first = problems[0].render(origin)
+        more = len(problems) - 1
+        super().__init__(f"{first} (and {more} more problem{'s' * (more > 1)})" if more else first)
+
+    def lines(self) -> list[str]:
+        return [p.render(self.origin) for p in self.problems]
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    at: datetime
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerSchedule:
+    """Who owns runs by logical date: ``owner`` before the first handover, then each handover's owner from its ``at``."""
+
+    owner: str
+    handovers: tuple[Handover, ...] = ()
+
+    def owner_at(self, when: datetime) -> str:
+        if not self.handovers:
+            return self.owner
+        index = bisect_right([h.at for h in self.handovers], when)
+        return self.handovers[index - 1].owner if index else self.owner
+
+    def owners(self) -> set[str]:
+        return {self.owner, *(h.owner for h in self.handovers)}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One top-level entry: a DAG id or a pattern, its schedule, and per-task overrides."""
+
+    key: str
+    line: int
+    schedule: OwnerSchedule
+    tasks: Mapping[str, OwnerSchedule] = field(default_factory=dict)
+
+    @property
+    def is_pattern(self) -> bool:
+        return bool(_GLOB_CHARS.search(self.key))
+
+    def schedule_for(self, task_id: str | None) -> tuple[OwnerSchedule, bool]:
+        """The schedule that applies to ``task_id`` and whether it came from a per-task override."""
+        if task_id is not None and task_id in self.tasks:
+            return self.tasks[task_id], True
+        return self.schedule, False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A validated placement document."""
+
+    entries: tuple[Entry, ...]
+    revision: str
+    _exact: dict[str, Entry] = field(init=False, repr=False)
+    _patterns: tuple[tuple[re.Pattern[str], Entry], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        exact = {e.key: e for e in self.entries if not e.is_pattern}
+        order = {e.key: i for i, e in enumerate(self.entries)}
+        patterns = sorted(
+            (e for e in self.entries if e.is_pattern),
+            key=lambda e: (-len(_WILDCARDS.sub("", e.key)), order[e.key]),
+        )
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_patterns", tuple((re.compile(fnmatch.translate(e.key)), e) for e in patterns))
+
+    def entry_for(self, dag_id: str) -> Entry | None:
+        """The entry that decides ``dag_id``: its exact key, else the most specific matching pattern."""
+        entry = self._exact.get(dag_id)
+        if entry is not None:
+            return entry
+        for regex, candidate in self._patterns:
+            if regex.match(dag_id):
+                return candidate
+        return None
+
+    def hosts(self) -> set[str]:
+        """Every owner named anywhere in the document, normalized."""
+        names: set[str] = set()
+        for entry in self.entries:
+            names |= entry.schedule.owners()
+            for schedule in entry.tasks.values():
+                names |= schedule.owners()
+        return names
+
+
+# --- YAML, strictly -----------------------------------------------------------------------------------------------
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_RESOLVER = yaml.resolver.Resolver()
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_STR_TAG = "tag:yaml.org,2002:str"
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+class _Reject(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.problem = Problem(line, message)
+
+
+def _line(event: yaml.Event) -> int:
+    return int(event.start_mark.line) + 1
+
+
+class _Builder:
+    """Builds plain data from YAML parser events, recording each value's line and refusing what a document never needs."""
+
+    def __init__(self, events: Iterator[yaml.Event]) -> None:
+        self._events = events
+        self.lines: dict[Path, int] = {}
+
+    def build(self) -> Any:
+        self._expect(yaml.StreamStartEvent)
+        event = next(self._events)
+        if isinstance(event, yaml.StreamEndEvent):
+            raise _Reject(None, "the document is empty")
+        value = self._node(next(self._events), (), 0)
+        self._expect(yaml.DocumentEndEvent)
+        event = next(self._events)
+        if not isinstance(event, yaml.StreamEndEvent):
+            raise _Reject(_line(event), "more than one YAML document ('---'); a placement document is exactly one")
+        return value
+
+    def _expect(self, kind: type) -> None:
+        event = next(self._events)
+        if not isinstance(event, kind):  # pragma: no cover - the YAML parser guarantees the event order
+            raise _Reject(_line(event), f"unexpected YAML structure ({type(event).__name__})")
+
+    def _node(self, event: yaml.Event, path: Path, depth: int) -> Any:
+        line = _line(event)
+        if isinstance(event, yaml.AliasEvent):
+            raise _Reject(line, f"YAML aliases (*{event.anchor}) are not allowed")
+        if getattr(event, "anchor", None):
+            raise _Reject(line, f"YAML anchors (&{event.anchor}) are not allowed")
+        if getattr(event, "tag", None) is not None:
+            raise _Reject(line, f"YAML tags ({event.tag}) are not allowed")
+        if depth > MAX_DEPTH:
+            raise _Reject(line, f"nested more than {MAX_DEPTH} levels deep")
+        self.lines[path] = line
+        if isinstance(event, yaml.ScalarEvent):
+            return _scalar(event)
+        if isinstance(event, yaml.SequenceStartEvent):
+            items = []
+            while not isinstance(event := next(self._events), yaml.SequenceEndEvent):
+                items.append(self._node(event, (*path, len(items)), depth + 1))
+            return items
+        mapping: dict[str, Any] = {}
+        while not isinstance(event := next(self._events), yaml.MappingEndEvent):
+            key_line = _line(event)
+            if not isinstance(event, yaml.ScalarEvent) or event.tag is not None or event.anchor:
+                raise _Reject(key_line, "mapping keys must be plain strings")
+            key = event.value
+            if key in mapping:
+                first = self.lines[(*path, key)]
+                raise _Reject(key_line, f"duplicate key {key!r} (first defined on line {first})")
+            mapping[key] = None
+            mapping[key] = self._node(next(self._events), (*path, key), depth + 1)
+            self.lines[(*path, key)] = key_line
+        return mapping
+
+
+def _scalar(event: yaml.ScalarEvent) -> Any:
+    if not event.implicit[0]:  # quoted: always a string
+        return event.value
+    tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))
+    if tag in (_STR_TAG, _TIMESTAMP_TAG):  # timestamps are parsed by the schema, with their offsets kept
+        return event.value
+    return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, event.value))
+
+
+def _load_yaml(text: str) -> tuple[Any, dict[Path, int]]:
+    builder = _Builder(iter(yaml.parse(text, Loader=_Loader)))
+    try:
+        return builder.build(), builder.lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = int(mark.line) + 1 if mark is not None else None
+        raise _Reject(line, f"not valid YAML: {exc.problem or exc.context}") from exc
+
+
+# --- The schema -----------------------------------------------------------------------------------------------------
+
+_KIND = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of a placement document, as shipped in the package."""
+    text = files("airflow_placement").joinpath("schema/placement.schema.json").read_text(encoding="utf-8")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    """The reference validator: slower, but reports every problem with its path."""
+    return Draft202012Validator(schema())
+
+
+@cache
+def _fast_validator() -> Any:
+    """The same schema compiled to Python: what accepts a valid document quickly."""
+    return fastjsonschema.compile(schema())
+
+
+def _kind(value: Any) -> str:
+    return "nothing (null)" if value is None else _KIND.get(type(value), type(value).__name__)
+
+
+def _where(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "document"
+
+
+def _explain(error: ValidationError, lines: dict[Path, int]) -> Problem:
+    path: Path = tuple(error.absolute_path)
+    value = error.instance
+    line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
+    where = _where(path)
+    schema_path = list(error.absolute_schema_path)
+    validator = error.validator
+    if validator == "additionalProperties":
+        unknown = sorted(set(value) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(error.schema.get("properties", {}))
+        line = lines.get((*path, unknown[0]), line)
+        return Problem(line, f"{where}: unknown key {unknown[0]!r} (allowed: {allowed})")
+    if "propertyNames" in schema_path:
+        kind = "task id" if path and path[-1] == "tasks" else "DAG id or pattern"
+        return Problem(lines.get((*path, value), line), f"{where}: {value!r} is not a valid {kind}")
+    if validator == "required":
+        return Problem(line, f"{where}: missing required key {error.message.split()[0]}")
+    if validator == "minProperties":
+        return Problem(line, f"{where}: must not be empty")
+    if validator == "minItems":
+        return Problem(line, f"{where}: must list at least one handover")
+    if validator == "type":
+        expected = error.schema.get("type")
+        if path and path[-1] in ("tasks", "handover"):
+            expected_text = "a mapping of task id to owner" if path[-1] == "tasks" else "a list of handovers"
+        elif path and "else" in schema_path:
+            expected_text = "a host name or a mapping with 'owner'"
+        else:
+            expected_text = {"object": "a mapping", "array": "a list", "string": "a string"}.get(str(expected), str(expected))
+        if not path:
+            hint = " (this looks like an HTML page, not YAML)" if _looks_like_html(value) else ""
+            return Problem(line, f"the document must be a mapping of DAG id to owner, not {_kind(value)}{hint}")
+        return Problem(line, f"{where}: expected {expected_text}, got {_kind(value)}")
+    if "timestamp" in " ".join(map(str, error.schema_path)) or error.schema.get("description", "").startswith("An ISO"):
+        return Problem(line, f"{where}: {value!r} is not a date and time with a UTC offset, e.g. 2026-12-01T06:00:00Z")
+    if validator in ("minLength", "pattern", "maxLength") and isinstance(value, str):
+        if not value.strip():
+            return Problem(line, f"{where}: the owner is empty")
+        return Problem(line, f"{where}: {value!r} is not a valid host name")
+    return Problem(line, f"{where}: {error.message}")
+
+
+def _looks_like_html(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip()[:15].lower().startswith(("<!doctype", "<html", "<head", "<body"))
+
+
+def _schema_problems(data: Any, lines: dict[Path, int]) -> list[Problem]:
+    errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    unique = {p.message: p for p in (_explain(e, lines) for e in errors)}
+    return sorted(unique.values(), key=lambda p: (p.line or 0, p.message))[:_MAX_REPORTED_PROBLEMS]
+
+
+# --- From data to the model ------------------------------------------------------------------------------------------
+
+
+def _schedule(spec: Any, path: Path, lines: dict[Path, int], problems: list[Problem]) -> OwnerSchedule:
+    if isinstance(spec, str):
+        return OwnerSchedule(normalize_host(spec))
+    handovers: list[Handover] = []
+    for index, item in enumerate(spec.get("handover", ())):
+        at = datetime.fromisoformat(item["at"].replace("z", "Z"))
+        if handovers and at <= handovers[-1].at:
+            problems.append(
+                Problem(
+                    lines.get((*path, "handover", index)),
+                    f"{_where((*path, 'handover', index))}: handovers must be in increasing order of 'at'",
+                )
+            )
+        handovers.append(Handover(at, normalize_host(item["owner"])))
+    return OwnerSchedule(normalize_host(spec["owner"]), tuple(handovers))
+
+
+def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int = DEFAULT_MAX_BYTES) -> Placement:
+    """Parse and validate a placement document.
+
+    :param body: the document as fetched.
+    :param origin: where it came from, used in error messages.
+    :param max_bytes: larger bodies are rejected before they are parsed.
+    :raises DocumentError: when the document is not valid, naming the line of each problem found.
+    """
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    if len(raw) > max_bytes:
+        raise DocumentError(origin, [Problem(None, f"the document is {len(raw)} bytes, over the limit of {max_bytes}")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(origin, [Problem(None, f"the document is not UTF-8 text ({exc.reason})")]) from None
+    if _looks_like_html(text):
+        raise DocumentError(origin, [Problem(1, "this is an HTML page, not a placement document")])
+    try:
+        data, lines = _load_yaml(text)
+    except _Reject as rejected:
+        raise DocumentError(origin, [rejected.problem]) from None
+
+    try:
+        _fast_validator()(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise DocumentError(origin, _schema_problems(data, lines) or [Problem(None, exc.message)]) from None
+
+    entries = []
+    for key, spec in data.items():
+        tasks: dict[str, OwnerSchedule] = {}
+        if isinstance(spec, dict):
+            for task_id, task_spec in spec.get("tasks", {}).items():
+                tasks[task_id] = _schedule(task_spec, (key, "tasks", task_id), lines, problems)
+        entries.append(Entry(key, lines[(key,)], _schedule(spec, (key,), lines, problems), tasks))
+    if problems:
+        raise DocumentError(origin, problems[:_MAX_REPORTED_PROBLEMS])
+    return Placement(tuple(entries), hashlib.sha256(raw).hexdigest()[:12])

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12/13 machine for airflow-placement development, tests and the demo:
+# host packages (Podman with runc, debootstrap), the host's Podman settings, the Podman API socket,
+# and the Python virtual environment at .venv with pinned versions. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: run as root (it installs Debian packages and starts the Podman API socket)" >&2
+    exit 1
+fi
+
+step "Debian packages"
+packages=(podman runc debootstrap busybox-static python3-venv git make curl)
+missing=()
+for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "ok: ${packages[*]}"
+
+step "Python virtual environment (.venv)"
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$python" -m venv .venv; fi
+.venv/bin/pip install -q --upgrade pip==25.3
+stamp=.venv/.requirements.sha256
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+.venv/bin/airflow-placement --version
+
+step "Host Podman settings and API socket"
+scripts/host-podman.sh

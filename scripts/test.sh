@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every test of airflow-placement: lint, type checks, the Python tests (unit, real HTTP server, real
+# `airflow dags test` against the Podman socket) and every Molecule scenario. Sets the machine up first, so it
+# works from a fresh clone on a fresh Debian machine. Prints a timing summary per stage at the end.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh lint unit  only the named stages (lint, unit, integration, molecule)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stages=("$@")
+[ "${#stages[@]}" -gt 0 ] || stages=(setup lint unit integration molecule)
+summary=()
+failed=0
+
+run_stage() {
+    local name=$1; shift
+    local start=$SECONDS status=ok
+    printf '\n======== %s ========\n' "$name"
+    "$@" || { status=FAILED; failed=1; }
+    summary+=("$(printf '%-12s %-7s %5ss' "$name" "$status" $((SECONDS - start)))")
+}
+
+stage_setup() { scripts/bootstrap.sh; }
+stage_lint() {
+    .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+}
+stage_unit() { .venv/bin/pytest -q tests/unit; }
+stage_integration() { .venv/bin/pytest -q tests/integration; }
+stage_molecule() {
+    if [ -x scripts/molecule.sh ]; then scripts/molecule.sh all; else echo "no Molecule scenarios yet"; fi
+}
+
+for stage in "${stages[@]}"; do
+    case "$stage" in
+        setup|lint|unit|integration|molecule) run_stage "$stage" "stage_$stage" ;;
+        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration molecule)" >&2; exit 2 ;;
+    esac
+    # Nothing after a failed setup can be trusted.
+    if [ "$stage" = setup ] && [ "$failed" -ne 0 ]; then break; fi
+done
+
+printf '\n======== timing ========\n'
+printf '%s\n' "${summary[@]}"
+printf 'total        %5ss\n' "$SECONDS"
+exit "$failed"

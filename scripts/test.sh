@@ -23,7 +23,10 @@ run_stage() {
 
 stage_setup() { scripts/bootstrap.sh; }
 stage_lint() {
-    .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+    .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy || return 1
+    if [ -d ansible ]; then
+        .venv/bin/yamllint --strict . && (cd ansible && PATH="$PWD/../.venv/bin:$PATH" ansible-lint --profile production)
+    fi
 }
 stage_unit() { .venv/bin/pytest -q tests/unit; }
 stage_integration() { .venv/bin/pytest -q tests/integration; }

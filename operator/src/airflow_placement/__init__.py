@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in ("GatedDockerOperator", "SCDockerOperator"):
-        from airflow_placement import operators
+        from airflow_placement import operators  # noqa: PLC0415 - Airflow loads only when the operator is used
 
         return getattr(operators, name)
     raise AttributeError(f"module 'airflow_placement' has no attribute {name!r}")

@@ -53,7 +53,9 @@ def decide(placement: Placement, *, dag_id: str, task_id: str | None, host: str,
     entry = placement.entry_for(dag_id)
 
     def result(decision: Outcome, owner: str | None, reason: str) -> Decision:
-        return Decision(decision, owner, reason, dag_id, task_id, me, when, placement.revision, entry and entry.key)
+        return Decision(
+            decision, owner, reason, dag_id, task_id, me, when, placement.revision, entry.key if entry else None
+        )
 
     if entry is None:
         return result("skip", None, f"no entry or pattern in the document matches DAG {dag_id!r}")

@@ -87,7 +87,7 @@ class Handover:
 
 @dataclass(frozen=True, slots=True)
 class OwnerSchedule:
-    """Who owns runs by logical date: ``owner`` before the first handover, then each handover's owner from its ``at``."""
+    """Who owns runs, by logical date: ``owner`` until the first handover, then each handover's ``owner``."""
 
     owner: str
     handovers: tuple[Handover, ...] = ()
@@ -177,11 +177,11 @@ class _Reject(Exception):
 
 
 def _line(event: yaml.Event) -> int:
-    return int(event.start_mark.line) + 1
+    return int(event.start_mark.line) + 1 if event.start_mark is not None else 0
 
 
 class _Builder:
-    """Builds plain data from YAML parser events, recording each value's line and refusing what a document never needs."""
+    """Builds plain data from YAML parser events, recording each value's line; refuses what a document never needs."""
 
     def __init__(self, events: Iterator[yaml.Event]) -> None:
         self._events = events
@@ -207,18 +207,18 @@ class _Builder:
     def _node(self, event: yaml.Event, path: Path, depth: int) -> Any:
         line = _line(event)
         if isinstance(event, yaml.AliasEvent):
-            raise _Reject(line, f"YAML aliases (*{event.anchor}) are not allowed")
-        if getattr(event, "anchor", None):
-            raise _Reject(line, f"YAML anchors (&{event.anchor}) are not allowed")
-        if getattr(event, "tag", None) is not None:
-            raise _Reject(line, f"YAML tags ({event.tag}) are not allowed")
+            raise _Reject(line, f"YAML aliases (*{getattr(event, 'anchor', '')}) are not allowed")
+        if anchor := getattr(event, "anchor", None):
+            raise _Reject(line, f"YAML anchors (&{anchor}) are not allowed")
+        if (tag := getattr(event, "tag", None)) is not None:
+            raise _Reject(line, f"YAML tags ({tag}) are not allowed")
         if depth > MAX_DEPTH:
             raise _Reject(line, f"nested more than {MAX_DEPTH} levels deep")
         self.lines[path] = line
         if isinstance(event, yaml.ScalarEvent):
             return _scalar(event)
         if isinstance(event, yaml.SequenceStartEvent):
-            items = []
+            items: list[Any] = []
             while not isinstance(event := next(self._events), yaml.SequenceEndEvent):
                 items.append(self._node(event, (*path, len(items)), depth + 1))
             return items
@@ -240,7 +240,7 @@ class _Builder:
 def _scalar(event: yaml.ScalarEvent) -> Any:
     if not event.implicit[0]:  # quoted: always a string
         return event.value
-    tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))
+    tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
     if tag in (_STR_TAG, _TIMESTAMP_TAG):  # timestamps are parsed by the schema, with their offsets kept
         return event.value
     return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, event.value))
@@ -319,7 +319,9 @@ def _explain(error: ValidationError, lines: dict[Path, int]) -> Problem:
         elif path and "else" in schema_path:
             expected_text = "a host name or a mapping with 'owner'"
         else:
-            expected_text = {"object": "a mapping", "array": "a list", "string": "a string"}.get(str(expected), str(expected))
+            expected_text = {"object": "a mapping", "array": "a list", "string": "a string"}.get(
+                str(expected), str(expected)
+            )
         if not path:
             hint = " (this looks like an HTML page, not YAML)" if _looks_like_html(value) else ""
             return Problem(line, f"the document must be a mapping of DAG id to owner, not {_kind(value)}{hint}")
@@ -390,6 +392,7 @@ def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int
     except fastjsonschema.JsonSchemaValueException as exc:
         raise DocumentError(origin, _schema_problems(data, lines) or [Problem(None, exc.message)]) from None
 
+    problems: list[Problem] = []
     entries = []
     for key, spec in data.items():
         tasks: dict[str, OwnerSchedule] = {}

@@ -1,0 +1,1 @@
+"""Compatibility package for DAGs written for the original SCDockerOperator plugin."""

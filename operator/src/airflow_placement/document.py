@@ -37,7 +37,7 @@ from typing import Any
 
 import fastjsonschema
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
@@ -268,10 +268,24 @@ def schema() -> dict[str, Any]:
     return result
 
 
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _pattern_to_end(validator: Any, pattern: str, instance: Any, subschema: Any) -> Iterator[ValidationError]:
+    """``pattern`` with ``$`` meaning the end of the string, as in ECMA-262 and fastjsonschema.
+
+    Python's ``$`` also matches before a final newline, so jsonschema alone would accept ``"server-1\\n"``.
+    """
+    if validator.is_type(instance, "string") and not re.search(_UNESCAPED_DOLLAR.sub(r"\\Z", pattern), instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @cache
 def _validator() -> Draft202012Validator:
     """The reference validator: slower, but reports every problem with its path."""
-    return Draft202012Validator(schema())
+    strict = validators.extend(Draft202012Validator, {"pattern": _pattern_to_end})
+    validator: Draft202012Validator = strict(schema())
+    return validator
 
 
 @cache
@@ -353,7 +367,13 @@ def _schedule(spec: Any, path: Path, lines: dict[Path, int], problems: list[Prob
         return OwnerSchedule(normalize_host(spec))
     handovers: list[Handover] = []
     for index, item in enumerate(spec.get("handover", ())):
-        at = datetime.fromisoformat(item["at"].replace("z", "Z"))
+        try:
+            at = datetime.fromisoformat(item["at"].replace("z", "Z"))
+        except ValueError as exc:  # the schema checks the shape, not that the date exists
+            at_path = (*path, "handover", index, "at")
+            message = f"{_where(at_path)}: {item['at']!r} is not a valid date ({exc})"
+            problems.append(Problem(lines.get(at_path), message))
+            continue
         if handovers and at <= handovers[-1].at:
             problems.append(
                 Problem(

@@ -1,0 +1,143 @@
+"""The decision: a matrix of cases, and the invariant that at most one server runs each task of each DAG run."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airflow_placement.decision import decide
+from airflow_placement.document import Placement, normalize_host, parse_document
+
+T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+DOCUMENT = parse_document(
+    """\
+dag_1: server-1.tld
+"etl_*": server-2.tld
+"*": server-3.tld
+reports:
+  owner: server-1.tld
+  handover:
+    - {at: "2026-12-01T06:00:00Z", owner: server-2.tld}
+  tasks:
+    publish: server-3.tld
+"""
+)
+NARROW = parse_document('"etl_*": server-2.tld\n')
+
+
+Row = tuple[Placement, str, str | None, str, datetime, str, str | None, str]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        (DOCUMENT, "dag_1", "t", "server-1.tld", T0, "run", "server-1.tld", "this host owns the run by entry 'dag_1'"),
+        (DOCUMENT, "dag_1", "t", "SERVER-1.tld.", T0, "run", "server-1.tld", "this host owns"),
+        (DOCUMENT, "dag_1", "t", "server-2.tld", T0, "skip", "server-1.tld", "owned by server-1.tld by entry 'dag_1'"),
+        (DOCUMENT, "dag_1", None, "server-1.tld", T0, "run", "server-1.tld", "entry 'dag_1'"),
+        (DOCUMENT, "etl_sales", "t", "server-2.tld", T0, "run", "server-2.tld", "entry 'etl_*'"),
+        (DOCUMENT, "unlisted", "t", "server-3.tld", T0, "run", "server-3.tld", "entry '*'"),
+        (DOCUMENT, "reports", "t", "server-1.tld", T0 - timedelta(seconds=1), "run", "server-1.tld", "entry 'reports'"),
+        (DOCUMENT, "reports", "t", "server-1.tld", T0, "skip", "server-2.tld", "after a scheduled handover"),
+        (DOCUMENT, "reports", "t", "server-2.tld", T0, "run", "server-2.tld", "after a scheduled handover"),
+        (DOCUMENT, "reports", "publish", "server-3.tld", T0, "run", "server-3.tld", "task override in entry 'reports'"),
+        (DOCUMENT, "reports", "publish", "server-2.tld", T0, "skip", "server-3.tld", "task override"),
+        (NARROW, "reports", "t", "server-2.tld", T0, "skip", None, "no entry or pattern in the document matches"),
+        (NARROW, "etl_x", "t", "server-2.tld", T0.astimezone(timezone(timedelta(hours=5))), "run", "server-2.tld", ""),
+    ],
+)
+def test_decision_matrix(row: Row) -> None:
+    placement, dag_id, task_id, host, when, decision, owner, reason = row
+    result = decide(placement, dag_id=dag_id, task_id=task_id, host=host, when=when)
+    assert (result.decision, result.owner) == (decision, owner)
+    assert reason in result.reason
+    assert result.run == (decision == "run")
+    assert result.host == normalize_host(host)
+    assert result.revision == placement.revision
+    as_json = result.as_json()
+    assert json.loads(json.dumps(as_json))["decision"] == decision
+    assert as_json["when"] == when.isoformat()
+
+
+def test_the_run_date_must_carry_an_offset() -> None:
+    with pytest.raises(ValueError, match="no UTC offset"):
+        decide(DOCUMENT, dag_id="dag_1", task_id=None, host="server-1.tld", when=datetime(2026, 12, 1))
+
+
+# --- The invariant ---------------------------------------------------------------------------------------------------
+
+HOSTS = ["server-1.tld", "server-2.tld", "server-3.tld", "server-4.tld"]
+DAG_IDS = ["etl_sales", "etl_stock", "reports", "team.daily", "other"]
+PATTERNS = ["etl_*", "*", "*.daily", "?ther", "etl_s[a-z]*", "re*s"]
+TASK_IDS = ["extract", "load", "publish"]
+TIMES = [T0 + timedelta(hours=h) for h in range(-3, 4)]
+
+
+def _spelled(host: str) -> st.SearchStrategy[str]:
+    """The same host as a document or a server may write it: any case, with or without the trailing dot."""
+    return st.sampled_from([host, host.upper(), host + ".", host.capitalize() + "."])
+
+
+_owner = st.sampled_from(HOSTS).flatmap(_spelled)
+
+
+@st.composite
+def _schedule(draw: st.DrawFn) -> Any:
+    owner = draw(_owner)
+    times = draw(st.lists(st.sampled_from(TIMES), unique=True, max_size=3))
+    if not times and draw(st.booleans()):
+        return owner
+    spec: dict[str, Any] = {"owner": owner}
+    if times:
+        spec["handover"] = [{"at": at.isoformat(), "owner": draw(_owner)} for at in sorted(times)]
+    return spec
+
+
+@st.composite
+def _entry(draw: st.DrawFn) -> Any:
+    schedule = draw(_schedule())
+    tasks = draw(st.dictionaries(st.sampled_from(TASK_IDS), _schedule(), max_size=2))
+    if not tasks:
+        return schedule
+    spec = {"owner": schedule} if isinstance(schedule, str) else dict(schedule)
+    spec["tasks"] = tasks
+    return spec
+
+
+# JSON is YAML, and json.dumps never writes anchors, aliases or tags.
+documents = st.dictionaries(st.sampled_from(DAG_IDS + PATTERNS), _entry(), min_size=1, max_size=6).map(json.dumps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=documents,
+    servers=st.lists(st.sampled_from(HOSTS), unique=True, min_size=1).flatmap(
+        lambda names: st.tuples(*(_spelled(name) for name in names))
+    ),
+    dag_id=st.sampled_from([*DAG_IDS, "unmatched_id"]),
+    task_id=st.sampled_from([*TASK_IDS, None]),
+    when=st.sampled_from(TIMES) | st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5))])),
+)
+def test_at_most_one_server_runs_each_task_of_each_run(
+    text: str, servers: tuple[str, ...], dag_id: str, task_id: str | None, when: datetime
+) -> None:
+    # Each server parses its own copy of the document, as each server's tasks do.
+    decisions = [
+        decide(parse_document(text), dag_id=dag_id, task_id=task_id, host=server, when=when) for server in servers
+    ]
+    runners = [d.host for d in decisions if d.run]
+    assert len(runners) <= 1
+    owners = {d.owner for d in decisions}
+    assert len(owners) == 1, "servers with the same document disagree on the owner"
+    owner = owners.pop()
+    if owner is not None and owner in {normalize_host(s) for s in servers}:
+        assert runners == [owner]
+    else:
+        assert runners == []
+    assert all(d.entry == decisions[0].entry for d in decisions)

@@ -119,7 +119,7 @@ class _Source:
                 backoff_factor=0.2,
                 status_forcelist=(429, 500, 502, 503, 504),
                 allowed_methods=("GET",),
-                respect_retry_after_header=True,
+                respect_retry_after_header=False,  # a Retry-After of minutes would hold the task; the lease covers
                 raise_on_status=False,
             )
             session = requests.Session()

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import filelock
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -291,7 +292,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, requests.exceptions.Timeout):
         return "timed out"
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return "connection failed"
+        # A read timeout that used up the retries arrives as a ConnectionError wrapping urllib3's MaxRetryError.
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return "timed out" if isinstance(reason, urllib3.exceptions.ReadTimeoutError) else "connection failed"
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if isinstance(exc, OSError) and exc.strerror:

@@ -185,12 +185,21 @@ class PlacementCache:
         self.lock = filelock.FileLock(settings.cache_dir / f"{key}.lock")
 
     def read(self) -> CacheEntry | None:
+        """The cache file's entry for this source; None when there is none or it is not usable."""
         try:
             data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
             entry = CacheEntry(**data)
+            if not (
+                entry.source == self.settings.source
+                and isinstance(entry.body, str | None)
+                and all(isinstance(t, int | float) for t in (entry.confirmed_at, entry.attempted_at))
+            ):
+                return None
+            if entry.body is not None:
+                self._parse(entry.body)  # a copy that does not validate (now) is no copy
         except (OSError, ValueError, TypeError):
             return None
-        return entry if entry.source == self.settings.source else None
+        return entry
 
     def write(self, entry: CacheEntry) -> None:
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)

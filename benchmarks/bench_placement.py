@@ -5,8 +5,8 @@
 - parse: parse and validate a 10,000-entry document, seed form and mixed (target: under 100 ms);
 - requests: 200 task decisions spread over a minute, TTL 30 s, counted at the server (target: at most 3).
 
-Each warm or cold call runs in this one process, so the per-process parse memo helps the warm figure as it helps a
-long-lived worker; an Airflow task process parses its copy once more (see the parse figure).
+All calls run in this one process; the "new task process" and cold rows clear the in-memory parse memo before each
+call, as a fresh Airflow task process starts without it. The served document has 50 entries.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from airflow_placement import fetch
 from airflow_placement.decision import decide
 from airflow_placement.document import parse_document
 from airflow_placement.fetch import FetchSettings, load_placement
@@ -58,6 +59,7 @@ class Server:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body, written apart, meet delayed ACKs: +40 ms
 
             def do_GET(self) -> None:
                 outer.requests += 1
@@ -122,12 +124,23 @@ def main() -> None:
 
         gate()
         warm = timings(calls, gate)
+        # An Airflow task is a new process: its in-memory parse memo is empty, so it validates the cached copy once.
+        fresh = timings(calls, gate, before=fetch._parsed.clear)
         rows.append(
             (f"warm cache: load + decide ({calls} calls)", ms(statistics.median(warm)), ms(p95(warm)), "< 2 ms")
+        )
+        rows.append(
+            (
+                f"warm cache, new task process: load + decide ({calls} calls)",
+                ms(statistics.median(fresh)),
+                ms(p95(fresh)),
+                "< 2 ms",
+            )
         )
 
         def clear() -> None:
             shutil.rmtree(settings.cache_dir, ignore_errors=True)
+            fetch._parsed.clear()
 
         cold = timings(cold_calls, gate, before=clear)
         rows.append(

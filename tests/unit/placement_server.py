@@ -61,6 +61,7 @@ class DocumentServer:
 def _handler(server: DocumentServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else headers and body, written apart, meet delayed ACKs: +40 ms
 
         def do_GET(self) -> None:
             reply = server.record(dict(self.headers.items()))

@@ -7,13 +7,18 @@
 #   scripts/molecule.sh ROLE [SCENARIO] [--platform debian12|debian13] [-- MOLECULE_TEST_ARGS...]
 #                                                             one role (scenario default), one or both platforms
 #
-# Builds or reuses the images first (SKIP_IMAGES=1 skips that). Prints per-scenario timings at the end and exits
-# non-zero if any scenario failed. Logs go to .cache/molecule/<role>-<scenario>.log.
+# Builds or reuses the images first (SKIP_IMAGES=1 skips that). `all` also runs the checks of the test bed itself
+# first (tests/ansible/test_argument_specs.py: specs agree with defaults; tests/molecule: a role that is not idempotent fails).
+# Prints per-scenario timings at the end and exits non-zero if anything failed. Logs: .cache/molecule/.
+# MOLECULE_ROLES_DIR points at another roles folder (the test fixtures use it).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-roles=$repo/ansible/roles
+roles=${MOLECULE_ROLES_DIR:-$repo/ansible/roles}
+roles=$(cd "$roles" && pwd)
 export PATH=$repo/.venv/bin:$PATH
-export ANSIBLE_ROLES_PATH=$roles
+# Read by ansible/molecule/config.yml.
+export AIRFLOW_PLACEMENT_MOLECULE_DIR=$repo/ansible/molecule
+export ANSIBLE_ROLES_PATH=$roles:$repo/ansible/roles
 export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
 export PY_COLORS=${PY_COLORS:-0}
 base_config=$repo/ansible/molecule/config.yml
@@ -59,6 +64,12 @@ mkdir -p "$logs"
 summary=()
 failed=0
 start=$SECONDS
+if [ "${positional[0]}" = all ]; then
+    printf '\n======== test bed checks: pytest tests/ansible tests/molecule ========\n'
+    t=$SECONDS
+    if (cd "$repo" && pytest -q tests/ansible/test_argument_specs.py tests/molecule); then status=ok; else status=FAILED; failed=1; fi
+    summary+=("$(printf '%-40s %-7s %5ss' "test bed checks" "$status" $((SECONDS - t)))")
+fi
 for item in "${scenarios[@]}"; do
     role=${item%/*} scenario=${item#*/}
     prefix="molecule-$role-$scenario"

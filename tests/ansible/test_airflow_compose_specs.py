@@ -1,0 +1,41 @@
+"""The argument specs of airflow_compose and gated_operator agree with their defaults, and the defaults are valid."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
+TYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "list": list}
+
+
+def load(role: str) -> tuple[dict, dict]:
+    defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((ROLES / role / "meta" / "argument_specs.yml").read_text())
+    return defaults, specs["argument_specs"]["main"]["options"]
+
+
+@pytest.mark.parametrize("role", ["airflow_compose", "gated_operator"])
+def test_every_default_has_a_spec_and_every_spec_a_default(role: str) -> None:
+    defaults, options = load(role)
+    assert set(defaults) == set(options)
+
+
+@pytest.mark.parametrize("role", ["airflow_compose", "gated_operator"])
+def test_defaults_have_the_declared_type_and_a_listed_choice(role: str) -> None:
+    defaults, options = load(role)
+    for name, spec in options.items():
+        value = defaults[name]
+        assert isinstance(value, TYPES[spec["type"]]), name
+        if "choices" in spec:
+            assert value in spec["choices"], name
+        assert spec.get("description"), name
+
+
+def test_secrets_are_never_logged_and_have_no_fixed_default() -> None:
+    defaults, options = load("airflow_compose")
+    secrets = [n for n in options if n.endswith(("_password", "_secret", "_secret_key", "_fernet_key"))]
+    assert len(secrets) == 5
+    for name in secrets:
+        assert options[name].get("no_log") is True, name
+        assert "lookup('ansible.builtin.password'" in defaults[name], name

@@ -51,8 +51,10 @@ def test_every_default_is_specified_and_every_option_has_a_default_or_is_require
     assert not unspecified, f"{role.name}: in defaults/main.yml but not in meta/argument_specs.yml: {unspecified}"
     orphaned = sorted(name for name, spec in specified.items() if name not in defaulted and not spec.get("required"))
     assert not orphaned, f"{role.name}: optional in the spec but without a default in defaults/main.yml: {orphaned}"
-    required_with_default = sorted(name for name, spec in specified.items() if spec.get("required") and name in defaulted)
-    assert not required_with_default, f"{role.name}: required in the spec yet defaulted: {required_with_default}"
+    required_with_default = sorted(
+        name for name, spec in specified.items() if spec.get("required") and name in defaulted
+    )
+    assert not required_with_default, f"{role.name}: required in the spec, yet defaulted: {required_with_default}"
 
 
 def _spec_defaults(spec: dict[str, Any], where: str) -> list[str]:
@@ -79,7 +81,7 @@ def test_defaults_have_the_declared_type_and_choice(role: Path) -> None:
             continue  # a template: its type is only known when Ansible renders it
         if not isinstance(value, TYPES.get(kind, (object,))) or (kind in ("int", "float") and isinstance(value, bool)):
             problems.append(f"{name}={value!r} is not of type {kind}")
-        elif kind == "list" and "elements" in spec:
+        elif isinstance(value, list) and "elements" in spec:
             wrong = [v for v in value if not isinstance(v, TYPES.get(spec["elements"], (object,)))]
             if wrong:
                 problems.append(f"{name} has elements that are not {spec['elements']}: {wrong!r}")

@@ -22,8 +22,15 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
     echo "wrote $conf"
 fi
 
+# Docker API clients (docker-py, the DockerOperator) look for /var/run/docker.sock, as they do inside the
+# Airflow containers where the Podman socket is mounted there. Debian's podman-docker package does the same.
+link_docker_socket() {
+    if [ ! -e /run/docker.sock ] && [ ! -L /run/docker.sock ]; then ln -s "$socket" /run/docker.sock; fi
+}
+
 answers() { curl -fsS --max-time 3 --unix-socket "$socket" http://d/_ping >/dev/null 2>&1; }
 if answers; then
+    link_docker_socket
     echo "ok: Podman API answers on $socket"
     exit 0
 fi
@@ -33,6 +40,6 @@ else
     mkdir -p "$(dirname "$socket")"
     nohup podman system service --time=0 "unix://$socket" >/var/log/podman-api.log 2>&1 &
 fi
-for _ in $(seq 50); do answers && { echo "ok: Podman API answers on $socket"; exit 0; }; sleep 0.2; done
+for _ in $(seq 50); do answers && { link_docker_socket; echo "ok: Podman API answers on $socket"; exit 0; }; sleep 0.2; done
 echo "host-podman: the Podman API did not answer on $socket (see /var/log/podman-api.log)" >&2
 exit 1

@@ -4,12 +4,12 @@
 # works from a fresh clone on a fresh Debian machine. Prints a timing summary per stage at the end.
 #
 #   scripts/test.sh            everything
-#   scripts/test.sh lint unit  only the named stages (lint, unit, integration, molecule)
+#   scripts/test.sh lint unit  only the named stages (setup, lint, unit, integration, ansible, molecule)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stages=("$@")
-[ "${#stages[@]}" -gt 0 ] || stages=(setup lint unit integration molecule)
+[ "${#stages[@]}" -gt 0 ] || stages=(setup lint unit integration ansible molecule)
 summary=()
 failed=0
 
@@ -30,14 +30,15 @@ stage_lint() {
 }
 stage_unit() { .venv/bin/pytest -q tests/unit; }
 stage_integration() { .venv/bin/pytest -q tests/integration; }
+stage_ansible() { .venv/bin/pytest -q tests/ansible; }
 stage_molecule() {
     if [ -x scripts/molecule.sh ]; then scripts/molecule.sh all; else echo "no Molecule scenarios yet"; fi
 }
 
 for stage in "${stages[@]}"; do
     case "$stage" in
-        setup|lint|unit|integration|molecule) run_stage "$stage" "stage_$stage" ;;
-        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration molecule)" >&2; exit 2 ;;
+        setup|lint|unit|integration|ansible|molecule) run_stage "$stage" "stage_$stage" ;;
+        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration ansible molecule)" >&2; exit 2 ;;
     esac
     # Nothing after a failed setup can be trusted.
     if [ "$stage" = setup ] && [ "$failed" -ne 0 ]; then break; fi

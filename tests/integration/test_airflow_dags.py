@@ -113,3 +113,15 @@ def test_garbage_document_never_runs(gate) -> None:  # type: ignore[no-untyped-d
     )
     assert states["extract"] == "skipped"
     assert started == 0
+
+
+def test_unusable_cache_directory_never_runs(gate) -> None:  # type: ignore[no-untyped-def]
+    states, started = gate(
+        "placement_example: server-1\n",
+        "placement_example",
+        BEFORE,
+        "server-1",
+        AIRFLOW__PLACEMENT__CACHE_DIR="/dev/null/placement-cache",
+    )
+    assert states["extract"] == "skipped"
+    assert started == 0

@@ -345,3 +345,17 @@ def test_settings_are_checked(changes: dict[str, Any], words: str) -> None:
     arguments: dict[str, Any] = {"source": "http://x/", "ttl": 30.0, "max_staleness": 300.0, **changes}
     with pytest.raises(ValueError, match=words):
         FetchSettings(**arguments)
+
+
+def test_a_clock_that_went_back_does_not_extend_the_lease(tmp_path: Path) -> None:
+    """A copy confirmed "in the future" (the clock was set back) is neither fresh nor a fallback."""
+    source = tmp_path / "doc.yaml"
+    source.write_text("dag_a: server-1\n")
+    now = [10_000.0]
+    settings = FetchSettings(str(source), ttl=30, max_staleness=300, cache_dir=tmp_path / "cache")
+    cache = PlacementCache(settings, clock=lambda: now[0])
+    assert cache.load().origin == "source"
+    now[0] -= 3600  # the clock goes back an hour, and the source disappears
+    source.unlink()
+    with pytest.raises(PlacementUnavailable, match="clock go back"):
+        cache.load()

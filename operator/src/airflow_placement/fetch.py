@@ -240,9 +240,10 @@ class PlacementCache:
         if entry is None:
             return None
         now = self.clock()
-        if entry.body is not None and now - entry.confirmed_at < self.settings.ttl:
+        # A time in the future means this server's clock went back: nothing recorded then is trusted to be fresh.
+        if entry.body is not None and 0 <= now - entry.confirmed_at < self.settings.ttl:
             return Loaded(self._parse(entry.body), now - entry.confirmed_at, "cache")
-        if entry.failure and now - entry.attempted_at < self.settings.ttl:
+        if entry.failure and 0 <= now - entry.attempted_at < self.settings.ttl:
             return self._fallback(entry, entry.failure)
         return None
 
@@ -283,6 +284,10 @@ class PlacementCache:
         if entry is None or entry.body is None:
             raise PlacementUnavailable(f"{reason}; no earlier copy of the placement document is cached")
         age = self.clock() - entry.confirmed_at
+        if age < 0:
+            raise PlacementUnavailable(
+                f"{reason}; the last good copy was confirmed {-age:.0f} s in the future (did the clock go back?)"
+            )
         if age > self.settings.max_staleness:
             raise PlacementUnavailable(
                 f"{reason}; the last good copy is {age:.0f} s old, over the maximum staleness of "

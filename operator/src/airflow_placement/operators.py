@@ -102,7 +102,7 @@ class GatedDockerOperator(DockerOperator):
             if not settings.host:
                 raise PlacementUnavailable("this server's name is unknown: set HOST_HOSTNAME or [placement] host")
             loaded = load_placement(settings.fetch)
-        except PlacementUnavailable as exc:
+        except (PlacementUnavailable, OSError) as exc:  # OSError: the cache directory is not usable
             message = f"placement: decision=refuse dag={self.dag_id} task={self.task_id} run={run_id} reason={exc}"
             self.log.error("%s", message)
             if settings.on_unavailable == "fail":

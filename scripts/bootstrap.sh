@@ -25,7 +25,7 @@ echo "ok: ${packages[*]}"
 step "Python virtual environment (.venv)"
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$python" -m venv .venv; fi
-.venv/bin/pip install -q --upgrade pip==25.3
+.venv/bin/pip install -q --upgrade pip==26.3
 stamp=.venv/.requirements.sha256
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

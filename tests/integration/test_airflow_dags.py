@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import Airflow, containers_started
+from airflow_harness import Airflow, containers_started
 
 pytestmark = [pytest.mark.airflow, pytest.mark.podman]
 

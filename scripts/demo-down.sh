@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Removes everything scripts/demo.sh created: the server containers and the work database (with everything running
+# inside them; they carry the label org.airflow-placement.demo), their volumes (named airflow-placement-demo-*),
+# the demo network (airflow-placement-demo), and the
+# demo's generated state in inventory/local (passwords, the rendered placement document, recorded failovers).
+# Images and their archives stay, for the next run. Safe to run when nothing is there.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+label=org.airflow-placement.demo
+network=airflow-placement-demo
+inventory=$repo/inventory/local
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo-down: run as root (the demo's containers are root's)" >&2
+    exit 1
+fi
+
+start=$SECONDS
+mapfile -t containers < <(podman ps --all --filter "label=$label" --format '{{.Names}}')
+if [ "${#containers[@]}" -gt 0 ]; then
+    echo "removing containers: ${containers[*]}"
+    podman rm --force --time 10 "${containers[@]}" >/dev/null
+fi
+mapfile -t volumes < <(podman volume ls --format '{{.Name}}' | grep -E "^$network-" || true)
+if [ "${#volumes[@]}" -gt 0 ]; then
+    echo "removing volumes: ${volumes[*]}"
+    podman volume rm --force "${volumes[@]}" >/dev/null
+fi
+if podman network exists "$network"; then
+    echo "removing network: $network"
+    podman network rm "$network" >/dev/null
+fi
+rm -rf "$inventory/.secrets" "$inventory/.rendered" "$inventory/group_vars/all/dag_placement_moves.yml"
+echo "demo removed in $((SECONDS - start))s"

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The local two-server demo, from a fresh clone on a fresh Debian 12/13 machine, as root:
+#
+#   scripts/demo.sh         set up this machine, build the images, start server-1 and server-2 (systemd containers
+#                           with nested Podman), provision both with ansible/site.yml from inventory/local, and
+#                           print the Airflow UIs, where the admin passwords are, and the placement table
+#   scripts/demo-down.sh    remove everything the demo created
+#
+# Safe to run again: running servers are reused, and a second run changes nothing on them. Steps print their time;
+# Ansible's output of each step goes to .cache/demo/<step>.log (DEMO_VERBOSE=1 shows it as it runs).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+inventory=$repo/inventory/local
+logs=$repo/.cache/demo
+images=(debian-systemd:12 airflow:3.3.2 postgres:15 busybox:latest)
+timings=()
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "demo: run as root (it installs Debian packages and runs privileged containers)" >&2
+    exit 1
+fi
+
+step() {  # step TITLE COMMAND...: runs COMMAND under a header and records its time
+    local title=$1; shift
+    local start=$SECONDS
+    printf '\n==> %s\n' "$title"
+    if ! "$@"; then
+        printf '\ndemo: step "%s" failed after %ss\n' "$title" $((SECONDS - start)) >&2
+        exit 1
+    fi
+    timings+=("$(printf '  %-44s %5ss' "$title" $((SECONDS - start)))")
+    printf '    (%ss)\n' $((SECONDS - start))
+}
+
+playbook() {  # playbook LOG PLAYBOOK ARGS...: ansible-playbook against inventory/local, log kept, recap shown
+    local log=$logs/$1; shift
+    mkdir -p "$logs"
+    local status=0
+    if [ "${DEMO_VERBOSE:-0}" = 1 ]; then
+        ansible-playbook -i "$inventory" "$@" 2>&1 | tee "$log" || status=$?
+    else
+        # One line per task, so that progress shows without the full output.
+        ansible-playbook -i "$inventory" "$@" >"$log" 2>&1 &
+        local pid=$!
+        tail -n +1 -F --pid="$pid" "$log" 2>/dev/null | grep --line-buffered -E '^(PLAY|TASK) \[' \
+            | sed -u -E -e 's/^(PLAY|TASK) \[(.*)\] \**$/    \2/' -e 's|/[^ ]*/roles/||' || true
+        wait "$pid" || status=$?
+    fi
+    sed -n '/^PLAY RECAP/,$p' "$log" | sed 's/^/    /'
+    if [ "$status" -ne 0 ]; then
+        echo "    failed; the whole output is in $log" >&2
+        grep -E -A4 '^(fatal|failed):' "$log" | head -n 40 | sed 's/^/    /' >&2 || true
+    fi
+    return "$status"
+}
+
+export PATH=$repo/.venv/bin:$PATH
+export ANSIBLE_ROLES_PATH=$repo/ansible/roles
+export ANSIBLE_FORCE_COLOR=0
+# The server containers' host keys are not a concern; nothing here uses SSH.
+export ANSIBLE_HOST_KEY_CHECKING=False
+
+step "Set up this machine (scripts/bootstrap.sh)" scripts/bootstrap.sh
+step "Build the images (images/build.sh ${images[*]})" images/build.sh "${images[@]}"
+step "Start server-1, server-2 and the work database (demo/servers.yml)" playbook servers.log demo/servers.yml
+step "Provision both servers (ansible/site.yml)" playbook site.log ansible/site.yml
+
+inventory_var() {  # inventory_var HOST NAME: a variable of inventory/local, as the playbooks see it
+    ansible-inventory -i "$inventory" --host "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
+}
+
+health() {  # health PORT: the components' status from Airflow's health endpoint
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/api/v2/monitor/health" | python3 -c \
+        'import json,sys; print(", ".join(k + " " + v["status"] for k, v in json.load(sys.stdin).items()))' \
+        2>/dev/null || echo "not answering"
+}
+
+summary() {
+    local host port
+    printf '\nAirflow UIs (user admin; the password is in the file named):\n'
+    for host in $(ansible-inventory -i "$inventory" --graph airflow_servers | sed -n 's/^ *|--//p'); do
+        port=$(inventory_var "$host" demo_server_ui_port)
+        printf '  %-9s http://127.0.0.1:%s/  %s\n' "$host" "$port" "$inventory/.secrets/airflow_compose/$host/admin_password"
+        printf '  %-9s %s\n' "" "$(health "$port")"
+    done
+    printf '\nWork database shared by the servers'"'"' task containers (%s on the demo network):\n' "$(inventory_var server-1 demo_work_db_ip):5432"
+    printf '  psql -h 127.0.0.1 -p %s -U work work    password: %s\n' "$(inventory_var server-1 demo_work_db_port)" \
+        "$inventory/.secrets/work_db/password"
+    printf '\nPlacement (inventory/local/.rendered/airflow-dag-on-server.yaml, published to every server):\n'
+    airflow-placement show "$inventory/.rendered/airflow-dag-on-server.yaml" | sed 's/^/  /'
+    printf '\nMove server-1'"'"'s DAGs to server-2: .venv/bin/ansible-playbook -i inventory/local ansible/failover.yml -e failed=server-1\n'
+    printf 'Remove it all: scripts/demo-down.sh\n'
+}
+step "Summary" summary
+
+printf '\nTimings:\n'
+printf '%s\n' "${timings[@]}"
+printf '  %-44s %5ss\n' total "$SECONDS"

@@ -19,7 +19,7 @@ start=$SECONDS
 mapfile -t containers < <(podman ps --all --filter "label=$label" --format '{{.Names}}')
 if [ "${#containers[@]}" -gt 0 ]; then
     echo "removing containers: ${containers[*]}"
-    podman rm --force --time 10 "${containers[@]}" >/dev/null
+    podman rm --force --time 0 "${containers[@]}" >/dev/null
 fi
 mapfile -t volumes < <(podman volume ls --format '{{.Name}}' | grep -E "^$network-" || true)
 if [ "${#volumes[@]}" -gt 0 ]; then

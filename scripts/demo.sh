@@ -30,7 +30,7 @@ step() {  # step TITLE COMMAND...: runs COMMAND under a header and records its t
         printf '\ndemo: step "%s" failed after %ss\n' "$title" $((SECONDS - start)) >&2
         exit 1
     fi
-    timings+=("$(printf '  %-44s %5ss' "$title" $((SECONDS - start)))")
+    timings+=("$(printf '  %-42s %5ss' "$title" $((SECONDS - start)))")
     printf '    (%ss)\n' $((SECONDS - start))
 }
 
@@ -62,10 +62,10 @@ export ANSIBLE_FORCE_COLOR=0
 # The server containers' host keys are not a concern; nothing here uses SSH.
 export ANSIBLE_HOST_KEY_CHECKING=False
 
-step "Set up this machine (scripts/bootstrap.sh)" scripts/bootstrap.sh
-step "Build the images (images/build.sh ${images[*]})" images/build.sh "${images[@]}"
-step "Start server-1, server-2 and the work database (demo/servers.yml)" playbook servers.log demo/servers.yml
-step "Provision both servers (ansible/site.yml)" playbook site.log ansible/site.yml
+step "Set up this machine: scripts/bootstrap.sh" scripts/bootstrap.sh
+step "Build the images: images/build.sh" images/build.sh "${images[@]}"
+step "Start the servers: demo/servers.yml" playbook servers.log demo/servers.yml
+step "Provision the servers: ansible/site.yml" playbook site.log ansible/site.yml
 
 inventory_var() {  # inventory_var HOST NAME: a variable of inventory/local, as the playbooks see it
     ansible-inventory -i "$inventory" --host "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
@@ -97,4 +97,4 @@ step "Summary" summary
 
 printf '\nTimings:\n'
 printf '%s\n' "${timings[@]}"
-printf '  %-44s %5ss\n' total "$SECONDS"
+printf '  %-42s %5ss\n' total "$SECONDS"

@@ -71,27 +71,34 @@ inventory_var() {  # inventory_var HOST NAME: a variable of inventory/local, as 
     ansible-inventory -i "$inventory" --host "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
 }
 
-health() {  # health PORT: the components' status from Airflow's health endpoint
-    curl -fsS --max-time 5 "http://127.0.0.1:$1/api/v2/monitor/health" | python3 -c \
-        'import json,sys; print(", ".join(k + " " + v["status"] for k, v in json.load(sys.stdin).items()))' \
-        2>/dev/null || echo "not answering"
+health() {  # health PORT: the components' status from Airflow's health endpoint (waits up to 60 s for an answer)
+    local answer="" _
+    for _ in $(seq 12); do
+        answer=$(curl -fsS --max-time 5 "http://127.0.0.1:$1/api/v2/monitor/health" 2>/dev/null) && break
+        sleep 5
+    done
+    python3 -c 'import json,sys; print(", ".join(k + " " + v["status"] for k, v in json.load(sys.stdin).items()))' \
+        <<<"$answer" 2>/dev/null || echo "not answering"
 }
 
 summary() {
-    local host port
+    local host port status unreachable=0
     printf '\nAirflow UIs (user admin; the password is in the file named):\n'
     for host in $(ansible-inventory -i "$inventory" --graph airflow_servers | sed -n 's/^ *|--//p'); do
         port=$(inventory_var "$host" demo_server_ui_port)
+        status=$(health "$port")
+        [ "$status" != "not answering" ] || unreachable=1
         printf '  %-9s http://127.0.0.1:%s/  %s\n' "$host" "$port" "$inventory/.secrets/airflow_compose/$host/admin_password"
-        printf '  %-9s %s\n' "" "$(health "$port")"
+        printf '  %-9s %s\n' "" "$status"
     done
     printf '\nWork database shared by the servers'"'"' task containers (%s on the demo network):\n' "$(inventory_var server-1 demo_work_db_ip):5432"
-    printf '  psql -h 127.0.0.1 -p %s -U work work    password: %s\n' "$(inventory_var server-1 demo_work_db_port)" \
-        "$inventory/.secrets/work_db/password"
+    printf '  psql -h 127.0.0.1 -p %s -U %s %s    password: %s\n' "$(inventory_var server-1 demo_work_db_port)" \
+        "$(inventory_var server-1 demo_work_db_user)" "$(inventory_var server-1 demo_work_db_name)" "$inventory/.secrets/work_db/password"
     printf '\nPlacement (inventory/local/.rendered/airflow-dag-on-server.yaml, published to every server):\n'
     airflow-placement show "$inventory/.rendered/airflow-dag-on-server.yaml" | sed 's/^/  /'
     printf '\nMove server-1'"'"'s DAGs to server-2: .venv/bin/ansible-playbook -i inventory/local ansible/failover.yml -e failed=server-1\n'
     printf 'Remove it all: scripts/demo-down.sh\n'
+    return "$unreachable"
 }
 step "Summary" summary
 

@@ -7,6 +7,8 @@ Paused when it first appears: the drill creates the ``drill_work_db`` connection
 
 from __future__ import annotations
 
+from airflow.sdk import DAG  # also what Airflow's safe mode looks for in a DAG file
+
 from drill_common import drill_dag
 
-dag = drill_dag("drill_a")
+dag: DAG = drill_dag("drill_a")

@@ -162,6 +162,7 @@ class Report:
     failover_playbook_seconds: float | None = None
     forced_failover_seconds: float | None = None
     forced_playbook_seconds: float | None = None
+    source_steps: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -182,6 +183,7 @@ class Report:
                 f"(playbook {_seconds(self.forced_playbook_seconds)})",
                 f"runs missed by the crashed server (skipped on the survivor): {self.missed_by_crashed}",
             ]
+        out += [f"placement source {step}" for step in self.source_steps]
         out += [f"problem: {problem}" for problem in self.problems]
         return out
 
@@ -340,7 +342,7 @@ def sleep_until(when: datetime) -> None:
         time.sleep(delay)
 
 
-def run_drill(settle: float = 180, force: bool = True) -> Report:
+def run_drill(settle: float = 180, force: bool = True, source: bool = True) -> Report:
     report = Report()
     apis = {server: Api(server) for server in SERVERS}
     setup(apis)
@@ -391,18 +393,70 @@ def run_drill(settle: float = 180, force: bool = True) -> Report:
         end,
         (before, minute(first), "server-1"),
     )
-    pause({"server-2": apis["server-2"]})
     log(f"crashed at {crash:%H:%M:%S}; checked up to {end:%H:%M}")
+    if source:
+        for mode in ("unreachable", "garbage"):
+            source_step(report, mode)
+    pause({"server-2": apis["server-2"]})
     return report
+
+
+SERVER_DOCUMENT = "/opt/airflow-placement/airflow-dag-on-server.yaml"
+MAX_STALENESS = 30  # inventory/local/group_vars/all/placement.yml: placement_max_staleness_seconds
+TTL = 5  # placement_ttl_seconds
+
+
+def on_server(server: str, script: str) -> None:
+    subprocess.run(["podman", "exec", server, "sh", "-c", script], check=True, capture_output=True)
+
+
+def source_step(report: Report, mode: str, server: str = "server-2") -> None:
+    """The placement source of ``server`` made unreachable (file removed) or serving garbage: its last good copy
+    is used within the maximum staleness, then every task refuses (skipped, no row); back once it is repaired."""
+    good = SERVER_DOCUMENT + ".drill-good"
+    broken = {
+        "unreachable": f"mv {SERVER_DOCUMENT} {good}",
+        "garbage": f"cp {SERVER_DOCUMENT} {good} && printf 'owner: [\\n<html>garbage' > {SERVER_DOCUMENT}.tmp "
+        f"&& mv {SERVER_DOCUMENT}.tmp {SERVER_DOCUMENT}",
+    }[mode]
+    log(f"placement source {mode} on {server}")
+    broke = datetime.now(UTC)
+    on_server(server, broken)
+    refuse_from = broke + timedelta(seconds=MAX_STALENESS + TTL + 5)
+    sleep_until(refuse_from + timedelta(seconds=130))
+    late = psql(
+        f"select dag_id, run_id, task_id from drill_runs where server = '{server}' "
+        f"and recorded_at > '{refuse_from.isoformat()}'"
+    )
+    for dag_id, run_id, task_id in late:
+        report.problems.append(f"{mode} source: {dag_id} {run_id} {task_id} ran on {server} past the staleness")
+    last = first_row_before(server, refuse_from)
+    repaired = datetime.now(UTC)
+    on_server(server, f"mv {good} {SERVER_DOCUMENT}")
+    back = wait_first_row("drill_b", server, repaired, 180)
+    kept = "n/a" if last is None else f"{(last - broke).total_seconds():.0f} s"
+    log(
+        f"{mode} source: last row {kept} after breaking it, {len(late)} rows past the staleness (must be 0), "
+        f"runs again {(back - repaired).total_seconds():.0f} s after the repair"
+    )
+    report.source_steps.append(f"{mode}: {len(late)} rows past the staleness, last row {kept} after breaking")
+
+
+def first_row_before(server: str, before: datetime) -> datetime | None:
+    rows = psql(
+        f"select max(recorded_at) from drill_runs where server = '{server}' and recorded_at <= '{before.isoformat()}'"
+    )
+    return parse_time(rows[0][0]) if rows and rows[0] and rows[0][0] else None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settle", type=float, default=180, help="seconds of runs before the failover")
-    parser.add_argument("--no-force", action="store_true", help="skip the crash and forced failover")
+    parser.add_argument("--no-force", action="store_true", help="skip the crash, forced failover and source steps")
+    parser.add_argument("--no-source", action="store_true", help="skip the unreachable and garbage source steps")
     args = parser.parse_args()
     started = time.monotonic()
-    report = run_drill(args.settle, not args.no_force)
+    report = run_drill(args.settle, not args.no_force, not args.no_source)
     for line in report.lines():
         print(line)
     print(f"drill took {time.monotonic() - started:.0f} s: {'PASSED' if report.ok else 'FAILED'}")

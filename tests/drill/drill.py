@@ -34,6 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from airflow_placement.document import Placement, parse_document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +135,12 @@ def playbook(*extra: str) -> float:
     return time.monotonic() - start
 
 
+def last_move_at() -> datetime:
+    """The handover time T of the last move failover.yml recorded."""
+    moves = yaml.safe_load((INVENTORY / "group_vars" / "all" / "dag_placement_moves.yml").read_text())
+    return parse_time(moves["dag_placement_moves"][-1]["at"])
+
+
 def placement() -> Placement:
     return parse_document(DOCUMENT.read_bytes(), str(DOCUMENT))
 
@@ -160,6 +168,7 @@ class Report:
     missed_by_crashed: int = 0
     failover_seconds: float | None = None
     failover_playbook_seconds: float | None = None
+    handover_seconds: float | None = None
     forced_failover_seconds: float | None = None
     forced_playbook_seconds: float | None = None
     source_steps: list[str] = field(default_factory=list)
@@ -175,7 +184,8 @@ class Report:
             f"duplicates:    {self.duplicates}",
             f"lost runs:     {self.lost}",
             f"failover time: {_seconds(self.failover_seconds)} from starting failover.yml to server-2's first "
-            f"drill_a row (playbook {_seconds(self.failover_playbook_seconds)})",
+            f"drill_a row (playbook {_seconds(self.failover_playbook_seconds)}, handover time T at "
+            f"{_seconds(self.handover_seconds)}, then the next minute tick)",
         ]
         if self.forced_failover_seconds is not None:
             out += [
@@ -355,6 +365,7 @@ def run_drill(settle: float = 180, force: bool = True, source: bool = True) -> R
     log("scheduled failover: failover.yml -e failed=server-1")
     failover_start = datetime.now(UTC)
     report.failover_playbook_seconds = playbook("-e", "failed=server-1")
+    report.handover_seconds = (last_move_at() - failover_start).total_seconds()
     first = wait_first_row("drill_a", "server-2", failover_start, 300)
     report.failover_seconds = (first - failover_start).total_seconds()
     log(f"server-2 ran drill_a {report.failover_seconds:.0f} s after starting failover.yml")

@@ -402,7 +402,7 @@ def run_drill(settle: float = 180, force: bool = True, source: bool = True) -> R
         placement(),
         until + timedelta(seconds=1),
         end,
-        (before, minute(first), "server-1"),
+        crash=(before, minute(first), "server-1"),
     )
     log(f"crashed at {crash:%H:%M:%S}; checked up to {end:%H:%M}")
     if source:

@@ -30,10 +30,9 @@ def _demo_up() -> bool:
     return {"server-1", "server-2", drill.WORK_DB} <= running
 
 
-pytestmark = pytest.mark.skipif(not _demo_up(), reason="the local demo is not up (scripts/demo.sh, as root)")
-
-
 def test_failover_drill() -> None:
+    if not _demo_up():
+        pytest.fail("the local demo is not up: run scripts/demo.sh (as root) first")
     report = drill.run_drill(settle=float(os.environ.get("DRILL_SETTLE", "180")))
     print("\n".join(report.lines()))
     assert report.runs_checked > 0

@@ -340,7 +340,7 @@ def _explain(error: ValidationError, lines: dict[Path, int]) -> Problem:
             hint = " (this looks like an HTML page, not YAML)" if _looks_like_html(value) else ""
             return Problem(line, f"the document must be a mapping of DAG id to owner, not {_kind(value)}{hint}")
         return Problem(line, f"{where}: expected {expected_text}, got {_kind(value)}")
-    if "timestamp" in " ".join(map(str, error.schema_path)) or error.schema.get("description", "").startswith("An ISO"):
+    if error.schema == _validator().schema["$defs"]["timestamp"]:
         return Problem(line, f"{where}: {value!r} is not a date and time with a UTC offset, e.g. 2026-12-01T06:00:00Z")
     if validator in ("minLength", "pattern", "maxLength") and isinstance(value, str):
         if not value.strip():

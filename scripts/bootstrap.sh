@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12/13 machine for airflow-placement development, tests and the demo:
-# host packages (Podman with runc, debootstrap), the host's Podman settings, the Podman API socket,
-# and the Python virtual environment at .venv with pinned versions. Safe to run again.
+# Sets up a fresh Debian 12/13 machine for airflow-placement development, tests and the demo: the host packages
+# the tools need (debootstrap, the system Python's apt bindings, ...), the Python virtual environment at .venv with
+# pinned versions, then Podman the way the servers get it: the project's podman role applied to this machine
+# (scripts/host-podman.yml: packages, containers.conf, the compose tool, the API on /run/podman/podman.sock and
+# /run/docker.sock). Safe to run again: a second run changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 step "Debian packages"
-packages=(podman runc debootstrap busybox-static python3-venv git make curl)
+packages=(python3-venv python3-apt debootstrap busybox-static git make curl)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -34,5 +36,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 .venv/bin/airflow-placement --version
 
-step "Host Podman settings and API socket"
-scripts/host-podman.sh
+step "Podman on this machine: the podman role (scripts/host-podman.yml)"
+ANSIBLE_DISPLAY_SKIPPED_HOSTS=false ANSIBLE_DISPLAY_OK_HOSTS=false \
+    .venv/bin/ansible-playbook -i localhost, -c local scripts/host-podman.yml

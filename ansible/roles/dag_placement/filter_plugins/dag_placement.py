@@ -125,7 +125,8 @@ def _apply(
     """Apply one recorded move (or restore) to every schedule in place; return what changed, one item per schedule."""
     restored = move.get("restored")
     forced = bool(move.get("forced"))
-    at = None if forced else _timestamp(move["at"])
+    # A forced move takes effect at once: for every logical date, or, dated back (rerun_since), from ``at`` on.
+    at = None if forced and not move.get("at") else _timestamp(move["at"])
     changes = []
     for key, entry in entries.items():
         for task, schedule in _schedules(entry):
@@ -145,7 +146,9 @@ def _apply(
                         "task": task,
                         "from": _owner_at(before, at) if restored and at else move.get("failed"),
                         "to": restored or move["to"],
-                        "effective": _format(at) if at else "now (forced)",
+                        "effective": _format(at) + (" (forced, dated back)" if forced else "")
+                        if at
+                        else "now (forced)",
                     }
                 )
     return changes
@@ -264,6 +267,74 @@ def describe_change(change: dict[str, Any]) -> str:
     return f"{what}: {change['from']} -> {change['to']}, effective {change['effective']}"
 
 
+def time_problem(value: Any, now: Any = None) -> str:
+    """Why ``value`` is not a usable past time in ISO 8601 with a UTC offset, or "" when it is."""
+    try:
+        moment = _timestamp(value)
+    except AnsibleFilterError as exc:
+        return str(exc).removeprefix("dag_placement: ")
+    current = datetime.now(UTC) if now is None else _timestamp(now)
+    if moment > current:
+        return f"{value!r} is in the future (now {_format(current)})"
+    return ""
+
+
+def rerun_selection(
+    task_instances: list[dict[str, Any]],
+    document: dict[str, Any],
+    moves: list[dict[str, Any]],
+    since: Any,
+    until: Any,
+) -> list[dict[str, Any]]:
+    """The skipped task instances to re-run on the successor after the last of ``moves``, grouped by DAG run.
+
+    A task instance qualifies when its logical date (``run_after`` for runs without one) is in [since, until), the
+    document before the move gave it to the failed server and the document after the move gives it to the
+    successor: the successor skipped it only because the failed server owned it. The decision is the operator's
+    own (``airflow_placement.decision.decide``), which the controller has since it validates every document.
+
+    :param task_instances: items of Airflow's ``GET .../taskInstances`` answer (state skipped, on the successor).
+    :param document: the assignment (``dag_placement_assemble``).
+    :param moves: the recorded moves, the forced move with ``at: rerun_since`` last.
+    :param since: start of the window (``rerun_since``).
+    :param until: end of the window, exclusive.
+    :returns: items ``{dag_id, dag_run_id, task_ids: [task_id or [task_id, map_index]], logical_date}``.
+    """
+    from airflow_placement.decision import decide  # noqa: PLC0415 (only this filter needs the package)
+    from airflow_placement.document import parse_document  # noqa: PLC0415
+
+    move = moves[-1]
+    failed, successor = _host(move["failed"]), _host(move["to"])
+    before = parse_document(to_document(apply_moves(document, moves[:-1])), "the document before the move")
+    after = parse_document(to_document(apply_moves(document, moves)), "the document after the move")
+    start, end = _timestamp(since), _timestamp(until)
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    for ti in task_instances:
+        when = _timestamp(ti.get("logical_date") or ti["run_after"])
+        if not start <= when < end or ti.get("state") != "skipped":
+            continue
+        dag_id, task_id = ti["dag_id"], ti["task_id"]
+        was = decide(before, dag_id=dag_id, task_id=task_id, host=successor, when=when).owner
+        now = decide(after, dag_id=dag_id, task_id=task_id, host=successor, when=when).owner
+        if was is None or now is None or _host(was) != failed or _host(now) != successor:
+            continue
+        run = runs.setdefault(
+            (dag_id, ti["dag_run_id"]),
+            {"dag_id": dag_id, "dag_run_id": ti["dag_run_id"], "logical_date": _format(when), "task_ids": []},
+        )
+        map_index = ti.get("map_index", -1)
+        run["task_ids"].append(task_id if map_index is None or map_index < 0 else [task_id, map_index])
+    return sorted(runs.values(), key=lambda run: (run["logical_date"], run["dag_id"]))
+
+
+def describe_task_instance(ti: dict[str, Any]) -> str:
+    """One line for a task instance of Airflow's API: DAG, run, task (and map index), logical date."""
+    index = ti.get("map_index", -1)
+    task = ti["task_id"] + (f"[{index}]" if index is not None and index >= 0 else "")
+    when = ti.get("logical_date") or ti.get("run_after") or "?"
+    return f"{ti['dag_id']} {ti['dag_run_id']} {task} (logical date {when}, was {ti.get('state')})"
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -274,4 +345,7 @@ class FilterModule:
             "dag_placement_after": after,
             "dag_placement_describe_change": describe_change,
             "dag_placement_failed_servers": failed_servers,
+            "dag_placement_time_problem": time_problem,
+            "dag_placement_rerun_selection": rerun_selection,
+            "dag_placement_describe_task_instance": describe_task_instance,
         }

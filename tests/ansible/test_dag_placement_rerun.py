@@ -1,0 +1,222 @@
+"""``failover.yml -e failed=S -e force=true -e rerun_since=T`` against a throwaway inventory (tests in
+test_dag_placement_failover.py build it): the document part for real (the published documents, read back with the
+project's parser and decision), and the Airflow part against a stand-in for Airflow's REST API v2 on 127.0.0.1 that
+answers as Airflow 3.3 does and records what it is asked. The drill (tests/drill) re-runs for real on the demo."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from test_dag_placement_failover import DOCUMENT, EARLY, Site, make_site
+
+PASSWORD = "s3cret-for-the-test"
+TOKEN = "token-for-the-test"
+
+
+def _iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FakeAirflow:
+    """Airflow's /auth/token, GET .../taskInstances and POST /dags/{dag}/clearTaskInstances, as far as used."""
+
+    def __init__(self, task_instances: list[dict[str, Any]], since: datetime) -> None:
+        self.task_instances = task_instances
+        self.since = since  # the rerun_since the tests pass
+        self.requests: list[tuple[str, str, Any]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(("POST", self.path, body))
+                if self.path == "/auth/token":
+                    if body != {"username": "admin", "password": PASSWORD}:
+                        return self._answer(401, {"detail": "Invalid credentials"})
+                    return self._answer(201, {"access_token": TOKEN})
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._answer(401, {"detail": "Not authenticated"})
+                dag_id = self.path.split("/")[4]
+                chosen = [
+                    ti
+                    for ti in fake.task_instances
+                    if ti["dag_id"] == dag_id
+                    and ti["dag_run_id"] == body["dag_run_id"]
+                    and ti["task_id"] in body["task_ids"]
+                ]
+                return self._answer(200, {"task_instances": chosen, "total_entries": len(chosen)})
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                fake.requests.append(("GET", url.path, query))
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._answer(401, {"detail": "Not authenticated"})
+                since = datetime.fromisoformat(query["run_after_gte"][0])
+                found = [
+                    ti
+                    for ti in fake.task_instances
+                    if ti["state"] in query["state"] and datetime.fromisoformat(ti["run_after"]) >= since
+                ]
+                offset, limit = int(query["offset"][0]), int(query["limit"][0])
+                return self._answer(
+                    200, {"task_instances": found[offset : offset + limit], "total_entries": len(found)}
+                )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def clears(self, dry_run: bool) -> list[tuple[str, str, list[Any]]]:
+        return [
+            (path.split("/")[4], body["dag_run_id"], body["task_ids"])
+            for method, path, body in self.requests
+            if method == "POST" and path.endswith("/clearTaskInstances") and body["dry_run"] is dry_run
+        ]
+
+
+def _ti(dag_id: str, when: datetime, task_id: str, state: str = "skipped") -> dict[str, Any]:
+    return {
+        "dag_id": dag_id,
+        "dag_run_id": f"scheduled__{when.isoformat()}",
+        "task_id": task_id,
+        "map_index": -1,
+        "logical_date": when.isoformat(),
+        "run_after": when.isoformat(),
+        "state": state,
+    }
+
+
+@pytest.fixture
+def airflow() -> Iterator[FakeAirflow]:
+    since = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    tis = [
+        _ti("etl_orders", since + timedelta(minutes=2), "extract"),  # server-1's: re-run on server-2
+        _ti("etl_orders", since + timedelta(minutes=2), "load"),
+        _ti("etl_orders", since + timedelta(minutes=3), "extract", state="success"),  # not skipped: left alone
+        _ti("etl_orders", since - timedelta(minutes=1), "extract"),  # before rerun_since: stays server-1's
+        _ti("etl_web", since + timedelta(minutes=2), "extract"),  # server-2's own: skipped for another reason
+        _ti("billing", since + timedelta(minutes=4), "archive"),  # server-1's task override: moves
+        _ti("billing", since + timedelta(minutes=4), "send_invoices"),  # server-2's task override: stays
+        _ti("dashboard", since + timedelta(minutes=5), "render"),  # server-3's
+    ]
+    # More task instances than one page of the API (one run of a big DAG): the role must page through them.
+    tis += [_ti("anything_else", since + timedelta(minutes=6), f"t{n:03}") for n in range(110)]
+    fake = FakeAirflow(tis, since)
+    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+
+
+def _site(tmp_path: Path, airflow: FakeAirflow) -> Site:
+    site = make_site(
+        tmp_path,
+        group_vars={
+            "placement_ttl_seconds": 1,  # the role waits the successor's TTL before clearing
+            "dag_placement_api_url": airflow.url,
+            "dag_placement_api_password": PASSWORD,
+        },
+    )
+    assert site.play("placement.yml").returncode == 0
+    return site
+
+
+def test_rerun_since_dates_the_forced_move_back_and_clears_only_what_the_dead_server_missed(
+    tmp_path: Path, airflow: FakeAirflow
+) -> None:
+    site = _site(tmp_path, airflow)
+    since = airflow.since
+    run = site.play("failover.yml", "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={_iso(since)}")
+    assert run.returncode == 0, run.output
+
+    # The document: server-1 keeps the runs before rerun_since (they may have run there), server-2 owns the rest.
+    for server in site.servers:
+        assert site.owner(server, "etl_orders", since - timedelta(seconds=1)) == "server-1"
+        assert site.owner(server, "etl_orders", since) == "server-2"
+        assert site.owner(server, "etl_orders", EARLY) == "server-1"
+        assert site.owner(server, "billing", since, task="archive") == "server-2"
+        assert site.owner(server, "billing", since, task="send_invoices") == "server-2"
+        assert site.owner(server, "dashboard", since) == "server-3"
+    assert f"runs with logical date >= {_iso(since)} belong to server-2" in run.output
+
+    # Airflow: the dry run first, then exactly the same clear, for the skipped runs server-1 owned before the move.
+    expected = {
+        ("etl_orders", f"scheduled__{(since + timedelta(minutes=2)).isoformat()}", ("extract", "load")),
+        ("billing", f"scheduled__{(since + timedelta(minutes=4)).isoformat()}", ("archive",)),
+        (
+            "anything_else",
+            f"scheduled__{(since + timedelta(minutes=6)).isoformat()}",
+            tuple(f"t{n:03}" for n in range(110)),
+        ),
+    }
+    dry = {(dag, run_id, tuple(tasks)) for dag, run_id, tasks in airflow.clears(dry_run=True)}
+    cleared = {(dag, run_id, tuple(tasks)) for dag, run_id, tasks in airflow.clears(dry_run=False)}
+    assert dry == expected
+    assert cleared == expected
+    first_clear = next(i for i, r in enumerate(airflow.requests) if r[2] and r[2].get("dry_run") is False)
+    assert all(r[2]["dry_run"] for r in airflow.requests[:first_clear] if r[1].endswith("/clearTaskInstances"))
+    assert all(
+        body["only_failed"] is False and body["include_downstream"] is False
+        for method, path, body in airflow.requests
+        if path.endswith("/clearTaskInstances")
+    )
+    pages = [query["offset"] for method, path, query in airflow.requests if method == "GET"]
+    assert pages == [["0"], ["100"]]
+    assert "cleared on server-2 (113 task instances)" in run.output
+    assert "etl_orders scheduled__" in run.output
+
+
+def test_rerun_in_check_mode_asks_airflow_but_clears_nothing(tmp_path: Path, airflow: FakeAirflow) -> None:
+    site = _site(tmp_path, airflow)
+    since = airflow.since
+    before = (site.publish_dir("server-2") / DOCUMENT).read_text()
+    run = site.play(
+        "failover.yml", "--check", "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={_iso(since)}"
+    )
+    assert run.returncode == 0, run.output
+    assert airflow.clears(dry_run=True)
+    assert not airflow.clears(dry_run=False)
+    assert (site.publish_dir("server-2") / DOCUMENT).read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-e", "force=true", "-e", "rerun_since=yesterday"], "'yesterday' is not an ISO 8601 date and time"),
+        (["-e", "force=true", "-e", "rerun_since=2026-01-01T10:00:00"], "has no UTC offset"),
+        (["-e", "force=true", "-e", "rerun_since=2999-01-01T00:00:00Z"], "is in the future"),
+        (["-e", "rerun_since=2026-01-01T10:00:00Z"], "only with -e failed=SERVER -e force=true"),
+    ],
+)
+def test_a_bad_rerun_since_fails_fast_naming_the_variable_and_changes_nothing(
+    tmp_path: Path, airflow: FakeAirflow, extra: list[str], message: str
+) -> None:
+    site = _site(tmp_path, airflow)
+    before = (site.publish_dir("server-1") / DOCUMENT).read_text()
+    run = site.play("failover.yml", "-e", "failed=server-1", *extra)
+    assert run.returncode != 0
+    assert "dag_placement_rerun_since (rerun_since=" in run.output, run.output
+    assert message in run.output, run.output
+    assert run.seconds < 20
+    assert (site.publish_dir("server-1") / DOCUMENT).read_text() == before
+    assert not (site.path / "inventory" / "group_vars" / "all" / "dag_placement_moves.yml").exists()
+    assert not airflow.requests

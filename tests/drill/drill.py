@@ -10,12 +10,17 @@
    ``drill_a`` again.
 3. Checks every run so far: exactly one row per (DAG, run, task), written by the owner the published document
    gives for its logical date, the task ``success`` there and ``skipped`` on the other server; none missing.
-4. Forced failover (unless ``--no-force``): ``podman stop server-1`` (a crash), ``failover.yml -e failed=server-1
-   -e force=true``; measures the time to the first ``drill_a`` row by server-2, and checks the runs after it on
-   server-2. Runs whose logical date fell between the crash and the force belonged to the dead server: reported
-   as missed (skipped on the survivor), not as lost. server-1 stays stopped (scripts/demo.sh brings it back).
+4. Forced failover with a re-run (unless ``--no-force``): ``podman stop server-1`` (a crash) 20 s after a tick, two
+   ``drill_a`` runs go by (skipped on server-2: server-1 owns them), then ``failover.yml -e failed=server-1
+   -e force=true -e rerun_since=<the crash>``: the move is dated back to the crash and server-2 re-runs those two.
+   Checks that each ran exactly once, on server-2, and every later run too; measures the time to server-2's first
+   ``drill_a`` row (a re-run) and to its first scheduled one. server-1 stays stopped (scripts/demo.sh restarts it).
+5. (unless ``--no-source``) server-2's placement source broken, right after a task's gate confirmed its copy at a
+   minute tick: moved away, then serving garbage. That tick's later gate reads decide from the last good copy
+   (younger than the maximum staleness, 30 s), the next tick's refuse (skipped, no row); the task logs say which.
 
-Prints runs checked, duplicates (must be 0), lost runs (must be 0) and the failover times; exits 1 on a failure.
+Prints runs checked, duplicates (must be 0), lost runs (must be 0), the failover times, the re-run counts and the
+fallback evidence; exits 1 on a failure.
 ``run_drill()`` returns the same figures for tests/drill/test_drill.py.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -113,6 +119,16 @@ class Api:
             if len(found) >= page["total_entries"] or not page["task_instances"]:
                 return found
 
+    def task_log(self, ti: dict[str, Any]) -> str:
+        """The text of a task instance's log (its last try), one event a line."""
+        answer = self.call(
+            "GET",
+            f"/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/logs/"
+            f"{max(ti.get('try_number') or 1, 1)}?full_content=true",
+        )
+        lines = answer.get("content") or []
+        return "\n".join(str(line.get("event", "")) if isinstance(line, dict) else str(line) for line in lines)
+
 
 def psql(sql: str) -> list[list[str]]:
     """Rows of a query on the work database, through the database container's local socket."""
@@ -125,14 +141,15 @@ def psql(sql: str) -> list[list[str]]:
     return [line.split("\t") for line in result.stdout.splitlines() if line]
 
 
-def playbook(*extra: str) -> float:
+def playbook(*extra: str) -> tuple[float, str]:
+    """Run failover.yml with ``extra``; its duration and output."""
     start = time.monotonic()
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "ansible" / "roles"), "ANSIBLE_FORCE_COLOR": "0"}
     command = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(INVENTORY), "ansible/failover.yml"]
     result = subprocess.run([*command, *extra], check=False, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"failover.yml {' '.join(extra)} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-    return time.monotonic() - start
+    return time.monotonic() - start, result.stdout
 
 
 def last_move_at() -> datetime:
@@ -170,8 +187,13 @@ class Report:
     failover_playbook_seconds: float | None = None
     handover_seconds: float | None = None
     forced_failover_seconds: float | None = None
+    forced_scheduled_seconds: float | None = None
     forced_playbook_seconds: float | None = None
+    rerun_cleared: int | None = None
+    rerun_runs: int = 0
+    rerun_once: int = 0
     source_steps: list[str] = field(default_factory=list)
+    seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -189,11 +211,16 @@ class Report:
         ]
         if self.forced_failover_seconds is not None:
             out += [
-                f"forced failover time: {_seconds(self.forced_failover_seconds)} "
-                f"(playbook {_seconds(self.forced_playbook_seconds)})",
-                f"runs missed by the crashed server (skipped on the survivor): {self.missed_by_crashed}",
+                f"forced failover time: {_seconds(self.forced_failover_seconds)} to server-2's first drill_a row "
+                f"(a re-run), {_seconds(self.forced_scheduled_seconds)} to its first scheduled one "
+                f"(playbook {_seconds(self.forced_playbook_seconds)}, re-runs included)",
+                f"re-run of the dead server's missed runs (rerun_since = the crash): {self.rerun_cleared} task "
+                f"instances cleared by failover.yml; {self.rerun_runs} DAG runs missed, {self.rerun_once} of them "
+                "then executed exactly once, on server-2",
+                f"runs of the crashed server before the crash left unfinished: {self.missed_by_crashed}",
             ]
         out += [f"placement source {step}" for step in self.source_steps]
+        out.append(f"drill duration: {_seconds(self.seconds)}")
         out += [f"problem: {problem}" for problem in self.problems]
         return out
 
@@ -210,18 +237,23 @@ def rows_by_run() -> dict[tuple[str, str, str], list[str]]:
     return found
 
 
-def first_row(dag_id: str, server: str, after: datetime) -> datetime | None:
+def first_row(dag_id: str, server: str, after: datetime, logical_after: datetime | None = None) -> datetime | None:
+    """When ``server`` first wrote a ``dag_id`` row after ``after`` (of a run with a logical date from
+    ``logical_after`` on, when given)."""
+    logical = f" and logical_date >= '{logical_after.isoformat()}'" if logical_after else ""
     rows = psql(
         f"select min(recorded_at) from drill_runs where dag_id = '{dag_id}' and server = '{server}' "
-        f"and recorded_at > '{after.isoformat()}'"
+        f"and recorded_at > '{after.isoformat()}'{logical}"
     )
     return parse_time(rows[0][0]) if rows and rows[0] and rows[0][0] else None
 
 
-def wait_first_row(dag_id: str, server: str, after: datetime, timeout: float) -> datetime:
+def wait_first_row(
+    dag_id: str, server: str, after: datetime, timeout: float, logical_after: datetime | None = None
+) -> datetime:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = first_row(dag_id, server, after)
+        found = first_row(dag_id, server, after, logical_after)
         if found is not None:
             return found
         time.sleep(2)
@@ -264,13 +296,13 @@ def check(
     since: datetime,
     until: datetime,
     *,
-    crash: tuple[Placement, datetime, str] | None = None,
+    crashed: str | None = None,
 ) -> None:
     """Check every minute tick of both DAGs with a logical date in [since, until] against ``document``.
 
-    ``crash``: (the document before the forced failover, the first tick it no longer decides, the crashed server).
-    Runs before that tick are decided by the old document; those the crashed server owned it may have run (before
-    it crashed) or not (counted as missed); the survivors must have skipped them.
+    ``crashed``: a server stopped as a crash. Runs the document still gives it (logical date before the forced
+    failover's rerun_since) it may have run before it crashed, or not (counted as missed); the survivors must have
+    skipped them. Every other run must have run exactly once, on its owner.
     """
     states = collect(apis, since, until)
     rows = rows_by_run()
@@ -285,10 +317,9 @@ def check(
                 report.problems.append(f"{dag_id} {tick:%H:%M}: no run on any server")
                 continue
             run_id = run_ids.pop()
-            old = crash is not None and tick < crash[1]
             for task_id in TASKS:
-                expected = owner(crash[0] if crash and old else document, dag_id, task_id, tick)
-                missed = crash is not None and old and expected == crash[2]
+                expected = owner(document, dag_id, task_id, tick)
+                missed = expected == crashed
                 written = rows.get((dag_id, run_id, task_id), [])
                 label = f"{dag_id} {run_id} {task_id}"
                 if len(written) > 1:
@@ -354,6 +385,7 @@ def sleep_until(when: datetime) -> None:
 
 def run_drill(settle: float = 180, force: bool = True, source: bool = True) -> Report:
     report = Report()
+    started = time.monotonic()
     apis = {server: Api(server) for server in SERVERS}
     setup(apis)
     start = datetime.now(UTC)
@@ -364,7 +396,7 @@ def run_drill(settle: float = 180, force: bool = True, source: bool = True) -> R
 
     log("scheduled failover: failover.yml -e failed=server-1")
     failover_start = datetime.now(UTC)
-    report.failover_playbook_seconds = playbook("-e", "failed=server-1")
+    report.failover_playbook_seconds, _ = playbook("-e", "failed=server-1")
     report.handover_seconds = (last_move_at() - failover_start).total_seconds()
     first = wait_first_row("drill_a", "server-2", failover_start, 300)
     report.failover_seconds = (first - failover_start).total_seconds()
@@ -381,86 +413,186 @@ def run_drill(settle: float = 180, force: bool = True, source: bool = True) -> R
     log(f"checked the runs up to {until:%H:%M}: {report.runs_checked} runs")
     if not force:
         pause(apis)
+        report.seconds = time.monotonic() - started
         return report
 
-    sleep_until(back + timedelta(seconds=20))
-    log("crash: podman stop --time 0 server-1, then failover.yml -e failed=server-1 -e force=true")
-    crash = datetime.now(UTC)
-    before = placement()
-    subprocess.run(["podman", "stop", "--time", "0", "server-1"], check=True, capture_output=True)
-    forced_start = datetime.now(UTC)
-    report.forced_playbook_seconds = playbook("-e", "failed=server-1", "-e", "force=true")
-    first = wait_first_row("drill_a", "server-2", forced_start, 300)
-    report.forced_failover_seconds = (first - forced_start).total_seconds()
-    log(f"server-2 ran drill_a {report.forced_failover_seconds:.0f} s after starting the forced failover.yml")
-    end = minute(first) + timedelta(minutes=2)
-    sleep_until(end + timedelta(seconds=40))
-    # Ticks after the last checked one: before the first row by server-2 they were the crashed server's.
-    check(
-        report,
-        {"server-2": apis["server-2"]},
-        placement(),
-        until + timedelta(seconds=1),
-        end,
-        crash=(before, minute(first), "server-1"),
-    )
-    log(f"crashed at {crash:%H:%M:%S}; checked up to {end:%H:%M}")
+    forced_step(report, apis, until)
     if source:
         for mode in ("unreachable", "garbage"):
-            source_step(report, mode)
+            source_step(report, apis["server-2"], mode)
     pause({"server-2": apis["server-2"]})
+    report.seconds = time.monotonic() - started
     return report
 
 
+def forced_step(report: Report, apis: dict[str, Api], checked_until: datetime) -> None:
+    """Crash server-1 20 s after a tick, let two of its drill_a runs go by (skipped on server-2: server-1 owns
+    them), then fail over with force and rerun_since = the crash: server-2 must run those two exactly once, and
+    every later run."""
+    sleep_until(minute(datetime.now(UTC)) + timedelta(minutes=1, seconds=20))
+    crash = datetime.now(UTC)
+    log("crash: podman stop --time 0 server-1; two drill_a runs go by before the failover")
+    subprocess.run(["podman", "stop", "--time", "0", "server-1"], check=True, capture_output=True)
+    sleep_until(minute(crash) + timedelta(minutes=2, seconds=20))
+    rerun_since = crash.replace(microsecond=0) + timedelta(seconds=1)  # the playbook rounds up to a second
+    log(f"failover.yml -e failed=server-1 -e force=true -e rerun_since={rerun_since:%Y-%m-%dT%H:%M:%SZ}")
+    forced_start = datetime.now(UTC)
+    report.forced_playbook_seconds, output = playbook(
+        "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={rerun_since:%Y-%m-%dT%H:%M:%SZ}"
+    )
+    cleared = re.search(r"cleared on server-2 \((\d+) task instances\)", output)
+    report.rerun_cleared = int(cleared.group(1)) if cleared else 0
+    log(f"failover.yml cleared {report.rerun_cleared} task instances on server-2")
+    first = wait_first_row("drill_a", "server-2", forced_start, 300)
+    report.forced_failover_seconds = (first - forced_start).total_seconds()
+    scheduled = wait_first_row("drill_a", "server-2", forced_start, 300, logical_after=forced_start)
+    report.forced_scheduled_seconds = (scheduled - forced_start).total_seconds()
+    log(
+        f"server-2 ran drill_a {report.forced_failover_seconds:.0f} s after starting the forced failover.yml "
+        f"(a re-run), a scheduled run {report.forced_scheduled_seconds:.0f} s after"
+    )
+    end = minute(scheduled) + timedelta(minutes=1)
+    sleep_until(end + timedelta(seconds=40))
+    document = placement()
+    check(
+        report, {"server-2": apis["server-2"]}, document, checked_until + timedelta(seconds=1), end, crashed="server-1"
+    )
+    # The runs the dead server missed: drill_a ticks from rerun_since up to the failover, each re-run once.
+    rows = rows_by_run()
+    states = collect({"server-2": apis["server-2"]}, rerun_since, forced_start)["server-2"]
+    tick = minute(rerun_since) + timedelta(minutes=1)
+    while tick < forced_start:
+        report.rerun_runs += 1
+        run = states.get(("drill_a", tick.isoformat()), {})
+        written = [rows.get(("drill_a", run.get("run_id", ""), task_id), []) for task_id in TASKS]
+        if all(servers == ["server-2"] for servers in written):
+            report.rerun_once += 1
+        else:
+            report.problems.append(f"missed run drill_a {tick:%H:%M} after the re-run: rows {written}")
+        tick += timedelta(minutes=1)
+    log(f"crashed at {crash:%H:%M:%S}; checked up to {end:%H:%M}; re-run {report.rerun_once}/{report.rerun_runs}")
+
+
 SERVER_DOCUMENT = "/opt/airflow-placement/airflow-dag-on-server.yaml"
+SERVER_CACHE = "/opt/airflow-compose/placement-cache"  # the tasks' [placement] cache_dir, as the server sees it
+# Run on the server (python3 -c SCRIPT TICK): wait for the first confirmation of its cached copy at or after TICK
+# (a task's gate read the source), then break the source at once; prints the confirmation and the break times.
+WATCH_AND_BREAK = """
+import glob, json, os, sys, time
+tick, deadline = float(sys.argv[1]), time.time() + 120
+while time.time() < deadline:
+    for path in glob.glob("{cache}/*.json"):
+        try:
+            entry = json.load(open(path))
+        except (OSError, ValueError):
+            continue
+        if entry.get("confirmed_at", 0) >= tick and entry.get("source") == "{document}":
+            if "{mode}" == "unreachable":
+                os.rename("{document}", "{good}")
+            else:
+                os.link("{document}", "{good}")
+                open("{document}.tmp", "w").write("owner: [\\n<html>garbage")
+                os.rename("{document}.tmp", "{document}")
+            print(entry["confirmed_at"], time.time())
+            sys.exit(0)
+    time.sleep(0.2)
+sys.exit("no gate read the placement document within 120 s of the tick")
+"""
 MAX_STALENESS = 30  # inventory/local/group_vars/all/placement.yml: placement_max_staleness_seconds
 TTL = 5  # placement_ttl_seconds
+FALLBACK = re.compile(r"using the copy confirmed (\d+) s ago")
+REFUSE = re.compile(r"decision=refuse .*the last good copy is (\d+) s old")
 
 
 def on_server(server: str, script: str) -> None:
     subprocess.run(["podman", "exec", server, "sh", "-c", script], check=True, capture_output=True)
 
 
-def source_step(report: Report, mode: str, server: str = "server-2") -> None:
-    """The placement source of ``server`` made unreachable (file removed) or serving garbage: its last good copy
-    is used within the maximum staleness, then every task refuses (skipped, no row); back once it is repaired."""
-    good = SERVER_DOCUMENT + ".drill-good"
-    broken = {
-        "unreachable": f"mv {SERVER_DOCUMENT} {good}",
-        "garbage": f"cp {SERVER_DOCUMENT} {good} && printf 'owner: [\\n<html>garbage' > {SERVER_DOCUMENT}.tmp "
-        f"&& mv {SERVER_DOCUMENT}.tmp {SERVER_DOCUMENT}",
-    }[mode]
-    # Broken 15 s before a minute tick. The copy is confirmed only when a task reads it, a minute earlier, so
-    # with a 30 s staleness the next run already refuses: the fallback window is not exercised by this schedule.
-    sleep_until(minute(datetime.now(UTC)) + timedelta(seconds=45))
-    log(f"placement source {mode} on {server}")
-    broke = datetime.now(UTC)
-    on_server(server, broken)
-    refuse_from = broke + timedelta(seconds=MAX_STALENESS + TTL + 5)
-    sleep_until(refuse_from + timedelta(seconds=130))
+def source_step(report: Report, api: Api, mode: str) -> None:
+    """The placement source of ``api``'s server made unreachable (the file moved away) or serving garbage.
+
+    Broken right after a task's gate confirmed the server's copy at a minute tick (a watcher on the server polls the
+    tasks' cache entry): the tick's later gate reads find the source broken and decide from the last good copy, as
+    long as it is younger than the maximum staleness (log: "using the copy confirmed N s ago"); the next tick's
+    find it too old and refuse (log: "decision=refuse ... N s old": skipped, no row). Then the file is repaired.
+    """
+    server = api.server
+    tick = minute(datetime.now(UTC)) + timedelta(minutes=1)
+    sleep_until(tick - timedelta(seconds=5))
+    watcher = WATCH_AND_BREAK.format(
+        cache=SERVER_CACHE, document=SERVER_DOCUMENT, good=SERVER_DOCUMENT + ".drill-good", mode=mode
+    )
+    result = subprocess.run(
+        ["podman", "exec", server, "python3", "-c", watcher, str(tick.timestamp())],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    confirmed, broke_at = (float(value) for value in result.stdout.split())
+    broke = datetime.fromtimestamp(broke_at, UTC)
+    log(
+        f"placement source {mode} on {server}: broken {broke_at - confirmed:.1f} s after a task's gate confirmed "
+        f"the copy ({broke:%H:%M:%S})"
+    )
+    sleep_until(tick + timedelta(minutes=1, seconds=30))
+    collect({server: api}, tick, tick + timedelta(minutes=1))
+    fallback: list[int] = []
+    refused: list[int] = []
+    fresh = 0
+    rows = rows_by_run()
+    for dag_id in DAGS:
+        for ti in api.task_instances(dag_id, tick):
+            when = parse_time(ti["logical_date"])
+            if when > tick + timedelta(minutes=1):
+                continue
+            written = rows.get((dag_id, ti["dag_run_id"], ti["task_id"]), [])
+            label = f"{mode} source: {dag_id} {when:%H:%M} {ti['task_id']}"
+            if not ti.get("start_date"):  # skipped with its upstream task: never started, so never decided
+                if ti["state"] != "skipped" or written:
+                    report.problems.append(f"{label}: never started, yet {ti['state']}, rows {written}")
+                continue
+            text = api.task_log(ti)
+            if (used := FALLBACK.search(text)) and "decision=run" in text:
+                fallback.append(int(used.group(1)))
+                if int(used.group(1)) > MAX_STALENESS or ti["state"] != "success" or written != [server]:
+                    report.problems.append(
+                        f"{label}: last good copy {used.group(1)} s old, {ti['state']}, rows {written}"
+                    )
+            elif "decision=run" in text and when == tick:  # the read that confirmed the copy, or within its TTL
+                fresh += 1
+                if ti["state"] != "success" or written != [server]:
+                    report.problems.append(f"{label}: decided from a fresh copy, {ti['state']}, rows {written}")
+            elif refusal := REFUSE.search(text):
+                refused.append(int(refusal.group(1)))
+                if int(refusal.group(1)) <= MAX_STALENESS or ti["state"] != "skipped" or written:
+                    report.problems.append(f"{label}: refused at {refusal.group(1)} s, {ti['state']}, rows {written}")
+            else:
+                report.problems.append(f"{label}: {ti['state']}, neither the last good copy nor a refusal in its log")
     late = psql(
         f"select dag_id, run_id, task_id from drill_runs where server = '{server}' "
-        f"and recorded_at > '{refuse_from.isoformat()}'"
+        f"and recorded_at > '{(broke + timedelta(seconds=MAX_STALENESS + 15)).isoformat()}'"
     )
     for dag_id, run_id, task_id in late:
         report.problems.append(f"{mode} source: {dag_id} {run_id} {task_id} ran on {server} past the staleness")
-    last = first_row_before(server, refuse_from)
+    if not fallback or not refused:
+        report.problems.append(
+            f"{mode} source: {len(fallback)} decisions from the last good copy, {len(refused)} refusals"
+        )
     repaired = datetime.now(UTC)
-    on_server(server, f"mv {good} {SERVER_DOCUMENT}")
+    on_server(server, f"mv {SERVER_DOCUMENT}.drill-good {SERVER_DOCUMENT}")
     back = wait_first_row("drill_b", server, repaired, 180)
-    kept = "n/a" if last is None else f"{(last - broke).total_seconds():.0f} s"
-    log(
-        f"{mode} source: last row {kept} after breaking it, {len(late)} rows past the staleness (must be 0), "
+    summary = (
+        f"{mode}: {fresh} task decisions from the fresh copy before the break, "
+        f"{len(fallback)} from the last good copy after it ({_ages(fallback)} old, ran), "
+        f"{len(refused)} refused ({_ages(refused)} old, skipped), {len(late)} rows past the staleness; "
         f"runs again {(back - repaired).total_seconds():.0f} s after the repair"
     )
-    report.source_steps.append(f"{mode}: {len(late)} rows past the staleness, last row {kept} after breaking")
+    log(f"placement source {summary}")
+    report.source_steps.append(summary)
 
 
-def first_row_before(server: str, before: datetime) -> datetime | None:
-    rows = psql(
-        f"select max(recorded_at) from drill_runs where server = '{server}' and recorded_at <= '{before.isoformat()}'"
-    )
-    return parse_time(rows[0][0]) if rows and rows[0] and rows[0][0] else None
+def _ages(ages: list[int]) -> str:
+    return f"{min(ages)}-{max(ages)} s" if ages else "none"
 
 
 def main() -> int:

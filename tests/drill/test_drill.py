@@ -4,7 +4,7 @@ Opt-in, not part of scripts/test.sh's default stages:
 
     scripts/demo.sh && .venv/bin/pytest -q tests/drill; scripts/demo-down.sh
 
-It stops server-1 (the crash step); scripts/demo.sh brings it back.
+It stops server-1 (the crash step); scripts/demo.sh brings it back. About 15 minutes.
 """
 
 from __future__ import annotations
@@ -41,3 +41,5 @@ def test_failover_drill() -> None:
     assert report.problems == []
     assert report.failover_seconds is not None
     assert report.forced_failover_seconds is not None
+    assert report.rerun_runs > 0 and report.rerun_once == report.rerun_runs
+    assert len(report.source_steps) == 2

@@ -39,3 +39,29 @@ def test_secrets_are_never_logged_and_have_no_fixed_default() -> None:
     for name in secrets:
         assert options[name].get("no_log") is True, name
         assert "lookup('ansible.builtin.password'" in defaults[name], name
+
+
+@pytest.mark.parametrize("role", ["airflow_compose", "gated_operator"])
+def test_the_all_options_scenario_sets_every_option(role: str) -> None:
+    _, options = load(role)
+    converge = yaml.safe_load((ROLES / role / "molecule" / "all-options" / "converge.yml").read_text())
+    unset = sorted(set(options) - set(converge[0]["vars"]))
+    assert not unset, f"{role}: molecule/all-options/converge.yml leaves these at their defaults: {unset}"
+
+
+@pytest.mark.parametrize("role", ["airflow_compose", "gated_operator"])
+def test_the_readme_lists_every_option_with_its_default_and_meaning(role: str) -> None:
+    defaults, options = load(role)
+    readme = (ROLES / role / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            rows[cells[0].strip("`")] = cells[1:]
+    assert set(rows) == set(options)
+    for name, (default, meaning) in rows.items():
+        assert meaning == options[name]["description"], name
+        if default == "generated once":
+            assert options[name].get("no_log") is True, name
+        else:
+            assert yaml.safe_load(default.strip("`")) == defaults[name], name

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -121,10 +122,11 @@ class Api:
 
     def task_log(self, ti: dict[str, Any]) -> str:
         """The text of a task instance's log (its last try), one event a line."""
+        run_id = urllib.parse.quote(ti["dag_run_id"], safe="")
         answer = self.call(
             "GET",
-            f"/api/v2/dags/{ti['dag_id']}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/logs/"
-            f"{max(ti.get('try_number') or 1, 1)}?full_content=true",
+            f"/api/v2/dags/{ti['dag_id']}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
+            "?full_content=true",
         )
         lines = answer.get("content") or []
         return "\n".join(str(line.get("event", "")) if isinstance(line, dict) else str(line) for line in lines)
@@ -187,7 +189,7 @@ class Report:
     failover_playbook_seconds: float | None = None
     handover_seconds: float | None = None
     forced_failover_seconds: float | None = None
-    forced_scheduled_seconds: float | None = None
+    rerun_seconds: float | None = None
     forced_playbook_seconds: float | None = None
     rerun_cleared: int | None = None
     rerun_runs: int = 0
@@ -211,9 +213,9 @@ class Report:
         ]
         if self.forced_failover_seconds is not None:
             out += [
-                f"forced failover time: {_seconds(self.forced_failover_seconds)} to server-2's first drill_a row "
-                f"(a re-run), {_seconds(self.forced_scheduled_seconds)} to its first scheduled one "
-                f"(playbook {_seconds(self.forced_playbook_seconds)}, re-runs included)",
+                f"forced failover time: {_seconds(self.forced_failover_seconds)} to server-2's first row of a "
+                f"scheduled drill_a run, {_seconds(self.rerun_seconds)} to its first row of a missed one (re-run) "
+                f"(playbook {_seconds(self.forced_playbook_seconds)}, re-run included)",
                 f"re-run of the dead server's missed runs (rerun_since = the crash): {self.rerun_cleared} task "
                 f"instances cleared by failover.yml; {self.rerun_runs} DAG runs missed, {self.rerun_once} of them "
                 "then executed exactly once, on server-2",
@@ -237,23 +239,27 @@ def rows_by_run() -> dict[tuple[str, str, str], list[str]]:
     return found
 
 
-def first_row(dag_id: str, server: str, after: datetime, logical_after: datetime | None = None) -> datetime | None:
-    """When ``server`` first wrote a ``dag_id`` row after ``after`` (of a run with a logical date from
-    ``logical_after`` on, when given)."""
-    logical = f" and logical_date >= '{logical_after.isoformat()}'" if logical_after else ""
+def first_row(
+    dag_id: str, server: str, after: datetime, logical: tuple[datetime, datetime] | None = None
+) -> datetime | None:
+    """When ``server`` first wrote a ``dag_id`` row after ``after`` (of a run with a logical date in
+    [``logical``), when given)."""
+    runs = ""
+    if logical is not None:
+        runs = f" and logical_date >= '{logical[0].isoformat()}' and logical_date < '{logical[1].isoformat()}'"
     rows = psql(
         f"select min(recorded_at) from drill_runs where dag_id = '{dag_id}' and server = '{server}' "
-        f"and recorded_at > '{after.isoformat()}'{logical}"
+        f"and recorded_at > '{after.isoformat()}'{runs}"
     )
     return parse_time(rows[0][0]) if rows and rows[0] and rows[0][0] else None
 
 
 def wait_first_row(
-    dag_id: str, server: str, after: datetime, timeout: float, logical_after: datetime | None = None
+    dag_id: str, server: str, after: datetime, timeout: float, logical: tuple[datetime, datetime] | None = None
 ) -> datetime:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = first_row(dag_id, server, after, logical_after)
+        found = first_row(dag_id, server, after, logical)
         if found is not None:
             return found
         time.sleep(2)
@@ -443,15 +449,16 @@ def forced_step(report: Report, apis: dict[str, Api], checked_until: datetime) -
     cleared = re.search(r"cleared on server-2 \((\d+) task instances\)", output)
     report.rerun_cleared = int(cleared.group(1)) if cleared else 0
     log(f"failover.yml cleared {report.rerun_cleared} task instances on server-2")
-    first = wait_first_row("drill_a", "server-2", forced_start, 300)
-    report.forced_failover_seconds = (first - forced_start).total_seconds()
-    scheduled = wait_first_row("drill_a", "server-2", forced_start, 300, logical_after=forced_start)
-    report.forced_scheduled_seconds = (scheduled - forced_start).total_seconds()
+    later = forced_start + timedelta(days=1)
+    scheduled = wait_first_row("drill_a", "server-2", forced_start, 300, logical=(forced_start, later))
+    report.forced_failover_seconds = (scheduled - forced_start).total_seconds()
+    rerun = wait_first_row("drill_a", "server-2", forced_start, 300, logical=(rerun_since, forced_start))
+    report.rerun_seconds = (rerun - forced_start).total_seconds()
     log(
-        f"server-2 ran drill_a {report.forced_failover_seconds:.0f} s after starting the forced failover.yml "
-        f"(a re-run), a scheduled run {report.forced_scheduled_seconds:.0f} s after"
+        f"server-2 ran a scheduled drill_a run {report.forced_failover_seconds:.0f} s after starting the forced "
+        f"failover.yml, a missed one (re-run) {report.rerun_seconds:.0f} s after"
     )
-    end = minute(scheduled) + timedelta(minutes=1)
+    end = minute(max(scheduled, rerun)) + timedelta(minutes=1)
     sleep_until(end + timedelta(seconds=40))
     document = placement()
     check(
@@ -547,7 +554,7 @@ def source_step(report: Report, api: Api, mode: str) -> None:
                 continue
             written = rows.get((dag_id, ti["dag_run_id"], ti["task_id"]), [])
             label = f"{mode} source: {dag_id} {when:%H:%M} {ti['task_id']}"
-            if not ti.get("start_date"):  # skipped with its upstream task: never started, so never decided
+            if not ti.get("try_number"):  # skipped with its upstream task: never ran, so never decided
                 if ti["state"] != "skipped" or written:
                     report.problems.append(f"{label}: never started, yet {ti['state']}, rows {written}")
                 continue

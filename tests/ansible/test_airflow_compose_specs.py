@@ -1,4 +1,5 @@
-"""The argument specs of airflow_compose and gated_operator agree with their defaults, and the defaults are valid."""
+"""The argument specs of airflow_compose and gated_operator agree with their defaults, the defaults are valid, each
+role's README lists every option with its default and meaning, and each all-options scenario sets every option."""
 
 from pathlib import Path
 

@@ -519,28 +519,24 @@ def source_step(report: Report, api: Api, mode: str) -> None:
     """The placement source of ``api``'s server made unreachable (the file moved away) or serving garbage.
 
     Broken right after a task's gate confirmed the server's copy at a minute tick (a watcher on the server polls the
-    tasks' cache entry): the tick's later gate reads find the source broken and decide from the last good copy, as
-    long as it is younger than the maximum staleness (log: "using the copy confirmed N s ago"); the next tick's
-    find it too old and refuse (log: "decision=refuse ... N s old": skipped, no row). Then the file is repaired.
+    tasks' cache entry). Gate reads past the TTL find the source broken and decide from the last good copy, as long
+    as it is younger than the maximum staleness (log: "using the copy confirmed N s ago"): the tick's later tasks,
+    and a ``drill_b`` run triggered just after the TTL. The next tick's find it too old and refuse (log:
+    "decision=refuse ... N s old": skipped, no row). Then the file is repaired.
     """
     server = api.server
     tick = minute(datetime.now(UTC)) + timedelta(minutes=1)
     sleep_until(tick - timedelta(seconds=5))
-    watcher = WATCH_AND_BREAK.format(
-        cache=SERVER_CACHE, document=SERVER_DOCUMENT, good=SERVER_DOCUMENT + ".drill-good", mode=mode
-    )
-    result = subprocess.run(
-        ["podman", "exec", server, "python3", "-c", watcher, str(tick.timestamp())],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    confirmed, broke_at = (float(value) for value in result.stdout.split())
+    confirmed, broke_at = break_after_gate_read(server, mode, tick)
     broke = datetime.fromtimestamp(broke_at, UTC)
     log(
         f"placement source {mode} on {server}: broken {broke_at - confirmed:.1f} s after a task's gate confirmed "
         f"the copy ({broke:%H:%M:%S})"
     )
+    # The tick's own tasks may all read within the TTL of that confirmation (fresh copy, no fallback needed): a run
+    # triggered once the TTL is over reads the source again, finds it broken, and has only the last good copy.
+    sleep_until(datetime.fromtimestamp(confirmed + TTL + 1, UTC))
+    api.call("POST", "/api/v2/dags/drill_b/dagRuns", {"logical_date": datetime.now(UTC).isoformat()})
     sleep_until(tick + timedelta(minutes=1, seconds=30))
     collect({server: api}, tick, tick + timedelta(minutes=1))
     fallback: list[int] = []
@@ -596,6 +592,22 @@ def source_step(report: Report, api: Api, mode: str) -> None:
     )
     log(f"placement source {summary}")
     report.source_steps.append(summary)
+
+
+def break_after_gate_read(server: str, mode: str, tick: datetime) -> tuple[float, float]:
+    """Break ``server``'s placement source (``mode``) right after a gate confirms its copy at or after ``tick``;
+    the times of the confirmation and of the break (epoch seconds, the server's clock)."""
+    watcher = WATCH_AND_BREAK.format(
+        cache=SERVER_CACHE, document=SERVER_DOCUMENT, good=SERVER_DOCUMENT + ".drill-good", mode=mode
+    )
+    result = subprocess.run(
+        ["podman", "exec", server, "python3", "-c", watcher, str(tick.timestamp())],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    confirmed, broke = (float(value) for value in result.stdout.split())
+    return confirmed, broke
 
 
 def _ages(ages: list[int]) -> str:

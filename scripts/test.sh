@@ -3,8 +3,10 @@
 # `airflow dags test` against the Podman socket) and every Molecule scenario. Sets the machine up first, so it
 # works from a fresh clone on a fresh Debian machine. Prints a timing summary per stage at the end.
 #
-#   scripts/test.sh            everything
+#   scripts/test.sh            every stage but the drill (what CI runs)
 #   scripts/test.sh lint unit  only the named stages (setup, lint, unit, integration, ansible, molecule)
+#   scripts/test.sh drill      the failover drill, opt-in (about 25 min): brings the local demo up, runs tests/drill,
+#                              takes the demo down again
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,14 +33,20 @@ stage_lint() {
 stage_unit() { .venv/bin/pytest -q tests/unit; }
 stage_integration() { .venv/bin/pytest -q tests/integration; }
 stage_ansible() { .venv/bin/pytest -q tests/ansible; }
+stage_drill() {
+    local status=0
+    scripts/demo.sh && .venv/bin/pytest -q -s tests/drill || status=1
+    scripts/demo-down.sh || status=1
+    return "$status"
+}
 stage_molecule() {
     if [ -x scripts/molecule.sh ]; then scripts/molecule.sh all; else echo "no Molecule scenarios yet"; fi
 }
 
 for stage in "${stages[@]}"; do
     case "$stage" in
-        setup|lint|unit|integration|ansible|molecule) run_stage "$stage" "stage_$stage" ;;
-        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration ansible molecule)" >&2; exit 2 ;;
+        setup|lint|unit|integration|ansible|molecule|drill) run_stage "$stage" "stage_$stage" ;;
+        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration ansible molecule drill)" >&2; exit 2 ;;
     esac
     # Nothing after a failed setup can be trusted.
     if [ "$stage" = setup ] && [ "$failed" -ne 0 ]; then break; fi

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     decide_cmd.add_argument("--ttl", type=float, help="seconds a confirmed copy is used without a request (30)")
     decide_cmd.add_argument("--max-staleness", type=float, help="seconds past which a copy is not trusted (300)")
+    decide_cmd.add_argument(
+        "--clock-skew", type=float, help="seconds this server's clock may differ from the publisher's (60)"
+    )
     decide_cmd.add_argument("--timeout", type=float, help="seconds to wait for the source (5)")
     decide_cmd.add_argument("--retries", type=int, help="retries of a failed request (2)")
     decide_cmd.add_argument("--token-env", help="environment variable holding a bearer token for the source")
@@ -107,8 +110,11 @@ def _decide(args: argparse.Namespace) -> int:
     if not settings.host:
         raise PlacementUnavailable("this server's name is unknown: pass --host or set HOST_HOSTNAME")
     loaded = load_placement(settings.fetch)
-    when = args.logical_date or datetime.now(UTC)
-    result = decide(loaded.placement, dag_id=args.dag_id, task_id=args.task_id, host=settings.host, when=when)
+    now = datetime.now(UTC)
+    when = args.logical_date or now
+    result = decide(
+        loaded.placement, dag_id=args.dag_id, task_id=args.task_id, host=settings.host, when=when, now=now
+    )
     output = {**result.as_json(), "document_age": round(loaded.age, 3), "document_from": loaded.origin}
     if loaded.note:
         output["note"] = loaded.note

@@ -35,7 +35,15 @@ class Decision:
         return data
 
 
-def decide(placement: Placement, *, dag_id: str, task_id: str | None, host: str, when: datetime) -> Decision:
+def decide(
+    placement: Placement,
+    *,
+    dag_id: str,
+    task_id: str | None,
+    host: str,
+    when: datetime,
+    now: datetime | None = None,
+) -> Decision:
     """Decide whether ``host`` runs ``task_id`` of the run of ``dag_id`` whose logical date is ``when``.
 
     Every host holding the same document reaches the same owner for the same run, because the owner depends only on
@@ -46,6 +54,9 @@ def decide(placement: Placement, *, dag_id: str, task_id: str | None, host: str,
     :param task_id: the task's id, or None to decide for the DAG as a whole.
     :param host: this server's name.
     :param when: the run's logical date (or its run_after, for runs without one); must carry a UTC offset.
+    :param now: the time of the decision. A run dated after a handover that has not yet taken effect by ``now`` is
+        run by nobody holding this document: a server still holding the document before that handover was
+        published may run it, and two servers must never both do so.
     """
     if when.tzinfo is None:
         raise ValueError(f"the run's date {when.isoformat()} has no UTC offset")
@@ -61,6 +72,14 @@ def decide(placement: Placement, *, dag_id: str, task_id: str | None, host: str,
         return result("skip", None, f"no entry or pattern in the document matches DAG {dag_id!r}")
     schedule, overridden = entry.schedule_for(task_id)
     owner = schedule.owner_at(when)
+    if now is not None and when > now and schedule.owner_at(now) != owner:
+        pending = next(h for h in schedule.handovers if now < h.at <= when)
+        return result(
+            "skip",
+            owner,
+            f"the run is dated {when.isoformat()}, after the handover to {pending.owner} at {pending.at.isoformat()} "
+            "that has not taken effect yet: trigger it with a logical date before the handover, or after it",
+        )
     source = f"task override in entry {entry.key!r}" if overridden else f"entry {entry.key!r}"
     if len(schedule.handovers) and when >= schedule.handovers[0].at:
         source += " after a scheduled handover"

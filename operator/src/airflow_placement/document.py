@@ -122,12 +122,37 @@ class Entry:
         return self.schedule, False
 
 
+META_KEY = "@meta"
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What the publisher wrote under ``@meta``: the serial and the times it issued and last renewed this copy.
+
+    ``@meta`` cannot collide with a DAG id: Airflow does not allow ``@`` in one, and neither does the schema.
+    """
+
+    serial: int
+    issued: datetime
+    renewed: datetime | None = None
+
+    @property
+    def vouched(self) -> datetime:
+        """The publisher's last word on this copy: its renewal, else its issue."""
+        return self.renewed or self.issued
+
+
 @dataclass(frozen=True)
 class Placement:
-    """A validated placement document."""
+    """A validated placement document.
+
+    ``revision`` identifies the content: a digest of the document without its renewal time, so a renewed copy of a
+    serial has the revision of the copy first issued.
+    """
 
     entries: tuple[Entry, ...]
     revision: str
+    meta: Meta | None = None
     _exact: dict[str, Entry] = field(init=False, repr=False)
     _patterns: tuple[tuple[re.Pattern[str], Entry], ...] = field(init=False, repr=False)
 
@@ -367,12 +392,8 @@ def _schedule(spec: Any, path: Path, lines: dict[Path, int], problems: list[Prob
         return OwnerSchedule(normalize_host(spec))
     handovers: list[Handover] = []
     for index, item in enumerate(spec.get("handover", ())):
-        try:
-            at = datetime.fromisoformat(item["at"].replace("z", "Z"))
-        except ValueError as exc:  # the schema checks the shape, not that the date exists
-            at_path = (*path, "handover", index, "at")
-            message = f"{_where(at_path)}: {item['at']!r} is not a valid date ({exc})"
-            problems.append(Problem(lines.get(at_path), message))
+        at = _date(item["at"], (*path, "handover", index, "at"), lines, problems)
+        if at is None:
             continue
         if handovers and at <= handovers[-1].at:
             problems.append(
@@ -414,6 +435,7 @@ def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int
 
     problems: list[Problem] = []
     entries = []
+    meta = _meta(data.pop(META_KEY, None), lines, problems)
     for key, spec in data.items():
         tasks: dict[str, OwnerSchedule] = {}
         if isinstance(spec, dict):
@@ -422,4 +444,34 @@ def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int
         entries.append(Entry(key, lines[(key,)], _schedule(spec, (key,), lines, problems), tasks))
     if problems:
         raise DocumentError(origin, problems[:_MAX_REPORTED_PROBLEMS])
-    return Placement(tuple(entries), hashlib.sha256(raw).hexdigest()[:12])
+    return Placement(tuple(entries), _revision(raw, lines), meta)
+
+
+def _date(value: str, path: Path, lines: dict[Path, int], problems: list[Problem]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError as exc:  # the schema checks the shape, not that the date exists
+        problems.append(Problem(lines.get(path), f"{_where(path)}: {value!r} is not a valid date ({exc})"))
+        return None
+
+
+def _meta(spec: Any, lines: dict[Path, int], problems: list[Problem]) -> Meta | None:
+    if spec is None:
+        return None
+    issued = _date(spec["issued"], (META_KEY, "issued"), lines, problems)
+    renewed = _date(spec["renewed"], (META_KEY, "renewed"), lines, problems) if "renewed" in spec else None
+    if issued is None:
+        return None
+    if renewed is not None and renewed < issued:
+        problems.append(Problem(lines.get((META_KEY, "renewed")), f"{META_KEY}.renewed: earlier than issued"))
+    return Meta(int(spec["serial"]), issued, renewed)
+
+
+def _revision(raw: bytes, lines: dict[Path, int]) -> str:
+    """A digest of the document's bytes without the line of its renewal time (when that line holds nothing else)."""
+    renewed_line = lines.get((META_KEY, "renewed"))
+    if renewed_line and renewed_line not in (lines.get((META_KEY, "serial")), lines.get((META_KEY, "issued"))):
+        parts = raw.split(b"\n")
+        parts[renewed_line - 1] = b""
+        raw = b"\n".join(parts)
+    return hashlib.sha256(raw).hexdigest()[:12]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
@@ -52,7 +52,8 @@ class GatedDockerOperator(DockerOperator):
     :param placement_on_unavailable: what to do when no trustworthy document is available: ``"skip"`` (default)
         or ``"fail"`` (retried like any failure).
     :param placement_ttl: seconds a confirmed copy is used without asking the source again.
-    :param placement_max_staleness: seconds past which a copy the source has not confirmed is no longer trusted.
+    :param placement_max_staleness: seconds after the publisher last vouched for a copy past which it is no longer
+        trusted.
     """
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "placement_source")
@@ -111,7 +112,12 @@ class GatedDockerOperator(DockerOperator):
         if loaded.note:
             self.log.warning("placement: %s", loaded.note)
         decision = decide(
-            loaded.placement, dag_id=self.dag_id, task_id=self.task_id, host=settings.host, when=run_date(context)
+            loaded.placement,
+            dag_id=self.dag_id,
+            task_id=self.task_id,
+            host=settings.host,
+            when=run_date(context),
+            now=datetime.now(UTC),
         )
         self.log.info("%s", _log_line(decision, run_id))
         if decision.run:

@@ -1,0 +1,116 @@
+"""The per-server store of one source's document: the cache file, its lock, and the serial floor.
+
+Every task process of a server shares the store (a directory mounted into each Airflow container that runs tasks).
+The cache entry is replaced atomically; the serial floor, the highest serial this server has ever accepted from the
+source, lives in a file of its own, written and synced before any copy with that serial is used, so that a lost or
+corrupt cache never lets an older document back in. Keep the directory on storage that survives restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import filelock
+
+Clock = Literal["server", "publisher"]
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """What the cache file holds for one source.
+
+    :param body: the last good document.
+    :param etag: its strong ETag, for a conditional request.
+    :param serial: its ``@meta`` serial (None for a document in the original form).
+    :param revision: its content digest.
+    :param vouched_at: the start of its lease: when the publisher last vouched for it (a Unix time).
+    :param vouched_clock: whose clock ``vouched_at`` is on: this server's (an HTTP answer) or the publisher's (the
+        ``@meta`` time of a file).
+    :param checked_at: when this server last read or confirmed it (this server's clock).
+    :param attempted_at: when the source was last asked, successfully or not.
+    :param failure: why the last attempt failed, if it did.
+    """
+
+    source: str
+    body: str | None = None
+    etag: str | None = None
+    serial: int | None = None
+    revision: str | None = None
+    vouched_at: float = 0.0
+    vouched_clock: Clock = "server"
+    checked_at: float = 0.0
+    attempted_at: float = 0.0
+    failure: str | None = None
+
+
+class SerialFloorError(OSError):
+    """The serial floor cannot be read: nothing can be accepted until it can."""
+
+
+class Store:
+    """The cache file, lock file and serial floor of one source in ``cache_dir``."""
+
+    def __init__(self, cache_dir: Path, source: str) -> None:
+        self.dir = cache_dir
+        self.source = source
+        key = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+        self.path = cache_dir / f"{key}.json"
+        self.floor_path = cache_dir / f"{key}.serial"
+        self.lock = filelock.FileLock(cache_dir / f"{key}.lock")
+
+    def read(self) -> CacheEntry | None:
+        """This source's entry; None when there is none or it is not usable."""
+        try:
+            data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+            entry = CacheEntry(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        numbers = (entry.vouched_at, entry.checked_at, entry.attempted_at)
+        if not (
+            entry.source == self.source
+            and isinstance(entry.body, str | None)
+            and isinstance(entry.serial, int | None)
+            and entry.vouched_clock in ("server", "publisher")
+            and all(isinstance(t, int | float) for t in numbers)
+        ):
+            return None
+        return entry
+
+    def write(self, entry: CacheEntry) -> None:
+        self._replace(self.path, json.dumps(asdict(entry)))
+
+    def floor(self) -> int:
+        """The highest serial this server has accepted from the source (0: none yet)."""
+        try:
+            text = self.floor_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SerialFloorError(f"cannot read the serial floor {self.floor_path}: {exc}") from None
+        if not text.isdigit():
+            raise SerialFloorError(f"the serial floor {self.floor_path} holds {text[:40]!r}, not a serial")
+        return int(text)
+
+    def raise_floor(self, serial: int) -> None:
+        if serial > self.floor():
+            self._replace(self.floor_path, f"{serial}\n")
+
+    def _replace(self, path: Path, text: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".entry-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -8,11 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from airflow_placement import __version__
 from airflow_placement.decision import decide
 from airflow_placement.document import DocumentError, Placement, normalize_host
 from airflow_placement.fetch import PlacementUnavailable, load_placement, read_source
+from airflow_placement.publish import Publisher, PublishError
 from airflow_placement.settings import KEYS, SECTION, gate_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -76,6 +78,49 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a table of DAG (or pattern) and task to owner, with scheduled handovers.",
     )
     show.add_argument("source", metavar="SRC", help="path or URL of the document")
+
+    publish = commands.add_parser(
+        "publish",
+        help="issue the next document (a publisher's command)",
+        description="Issue the next placement document: DESIRED (who should own what) spliced onto the last "
+        "published document so that every change of owner is a handover at least LEAD seconds ahead (a forced "
+        "failover of --failed excepted), with the next serial and the issue time in @meta. Takes the publishing "
+        "lock (one publisher at a time) and writes the document to --out for distribution; finish with "
+        "publish-commit once every copy is out, or publish-abort. Prints the changes and the pending handovers.",
+    )
+    publish.add_argument("desired", metavar="DESIRED", help="path of the desired document (its @meta is ignored)")
+    publish.add_argument("--state-dir", required=True, help="the publisher's state directory")
+    publish.add_argument(
+        "--lead", type=float, required=True, help="seconds: the longest max_staleness plus the clock-skew margin"
+    )
+    publish.add_argument("--out", help="where to write the issued document")
+    publish.add_argument("--hosts", metavar="H1,H2,...", help="the servers that exist: refuse other owners")
+    publish.add_argument("--failed", metavar="HOST", help="force: move what HOST owns at once (HOST is known down)")
+    publish.add_argument(
+        "--since", type=_parse_date, help="with --failed: move HOST's runs dated from this time on (ISO 8601)"
+    )
+    publish.add_argument("--baseline", help="what the servers hold when nothing was published from this state yet")
+    publish.add_argument("--check", action="store_true", help="print the plan; issue nothing, lock nothing")
+    publish.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for another publish to finish (default 0)"
+    )
+
+    for name, text in (
+        ("publish-commit", "every copy of the pending document is out: it becomes the published one"),
+        ("publish-abort", "give up the pending document and release the publishing lock (its serial stays used)"),
+    ):
+        command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        command.add_argument("--state-dir", required=True, help="the publisher's state directory")
+
+    renew = commands.add_parser(
+        "renew",
+        help="renew the lease of the published document",
+        description="Write a new renewal time into the published document (same serial, same content) and print "
+        "it or write it to --out. File publishing needs this at least every max_staleness minus the time a copy "
+        "takes to reach the servers: a server trusts a file's copy only until its renewal time plus max_staleness.",
+    )
+    renew.add_argument("--state-dir", required=True, help="the publisher's state directory")
+    renew.add_argument("--out", help="where to write the renewed document (default: standard output)")
     return parser
 
 
@@ -85,22 +130,96 @@ def _check(args: argparse.Namespace) -> int:
     except DocumentError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
         return EXIT_INVALID
-    problems = []
-    if args.hosts is not None:
-        known = {normalize_host(h) for h in args.hosts.split(",") if h.strip()}
-        for entry in placement.entries:
-            schedules = [("", entry.schedule)] + [(f" task {t!r}:", s) for t, s in entry.tasks.items()]
-            for label, schedule in schedules:
-                for owner in sorted(schedule.owners() - known):
-                    problems.append(
-                        f"{args.file}:{entry.line}: {entry.key}:{label} owner {owner!r} is not one of the servers "
-                        f"({', '.join(sorted(known))})"
-                    )
+    problems = _unknown_owners(placement, args.hosts, args.file) if args.hosts is not None else []
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return EXIT_INVALID
-    print(f"{args.file}: valid, {len(placement.entries)} entries, revision {placement.revision}")
+    print(
+        f"{args.file}: valid, {len(placement.entries)} entries, revision {placement.revision}; {protections(placement)}"
+    )
     return EXIT_OK
+
+
+def protections(placement: Placement) -> str:
+    """What ``@meta`` gives a document, or which protections it lacks without it."""
+    meta = placement.meta
+    if meta is None:
+        return (
+            "no @meta, so no serial (an older copy can replace it) and no publisher time (a file's copy is trusted "
+            "whenever it is read and never expires)"
+        )
+    renewed = f", renewed {meta.renewed.isoformat()}" if meta.renewed else ""
+    return f"serial {meta.serial}, issued {meta.issued.isoformat()}{renewed}"
+
+
+def _write(path: str | None, text: str) -> None:
+    if path is None:
+        print(text, end="")
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    desired = read_source(args.desired)
+    if args.hosts is not None and (problems := _unknown_owners(desired, args.hosts, args.desired)):
+        raise PublishError(problems[0])
+    baseline = read_source(args.baseline) if args.baseline and Path(args.baseline).exists() else None
+    now = datetime.now(UTC)
+    text, plan = Publisher(Path(args.state_dir)).begin(
+        desired,
+        lead=args.lead,
+        failed=args.failed,
+        since=args.since,
+        check=args.check,
+        wait=args.wait,
+        now=now,
+        baseline=baseline,
+    )
+    serial = text.split("serial: ", 1)[1].split("\n", 1)[0]
+    verb = "would issue" if args.check else "issued"
+    print(f"{verb} serial {serial}: {len(plan.changes)} change{'s' * (len(plan.changes) != 1)} of owner")
+    for change in plan.changes:
+        print(f"  {change.describe(now)}")
+    pending = plan.pending(now)
+    print(f"pending handovers: {len(pending) or 'none'}")
+    for line in pending:
+        print(f"  {line}")
+    if not args.check and args.out:
+        _write(args.out, text)
+    return EXIT_OK
+
+
+def _publish_commit(args: argparse.Namespace) -> int:
+    print(f"published serial {Publisher(Path(args.state_dir)).commit()}")
+    return EXIT_OK
+
+
+def _publish_abort(args: argparse.Namespace) -> int:
+    Publisher(Path(args.state_dir)).abort()
+    print("publish aborted: the publishing lock is released")
+    return EXIT_OK
+
+
+def _renew(args: argparse.Namespace) -> int:
+    _write(args.out, Publisher(Path(args.state_dir)).renew())
+    return EXIT_OK
+
+
+def _unknown_owners(placement: Placement, hosts: str, origin: str) -> list[str]:
+    known = {normalize_host(h) for h in hosts.split(",") if h.strip()}
+    problems = []
+    for entry in placement.entries:
+        schedules = [("", entry.schedule)] + [(f" task {t!r}:", s) for t, s in entry.tasks.items()]
+        for label, schedule in schedules:
+            for owner in sorted(schedule.owners() - known):
+                problems.append(
+                    f"{origin}:{entry.line}: {entry.key}:{label} owner {owner!r} is not one of the servers "
+                    f"({', '.join(sorted(known))})"
+                )
+    return problems
 
 
 def _decide(args: argparse.Namespace) -> int:
@@ -112,9 +231,7 @@ def _decide(args: argparse.Namespace) -> int:
     loaded = load_placement(settings.fetch)
     now = datetime.now(UTC)
     when = args.logical_date or now
-    result = decide(
-        loaded.placement, dag_id=args.dag_id, task_id=args.task_id, host=settings.host, when=when, now=now
-    )
+    result = decide(loaded.placement, dag_id=args.dag_id, task_id=args.task_id, host=settings.host, when=when, now=now)
     output = {**result.as_json(), "document_age": round(loaded.age, 3), "document_from": loaded.origin}
     if loaded.note:
         output["note"] = loaded.note
@@ -142,16 +259,24 @@ def render_table(placement: Placement, now: datetime) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3]
         for row in rows
     ]
-    lines.append(f"revision {placement.revision}; a DAG that no entry matches runs nowhere")
+    lines.append(f"revision {placement.revision}; {protections(placement)}; a DAG that no entry matches runs nowhere")
     return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"check": _check, "decide": _decide, "show": _show}[args.command]
+    handler = {
+        "check": _check,
+        "decide": _decide,
+        "show": _show,
+        "publish": _publish,
+        "publish-commit": _publish_commit,
+        "publish-abort": _publish_abort,
+        "renew": _renew,
+    }[args.command]
     try:
         return handler(args)
-    except (DocumentError, PlacementUnavailable, ValueError, OSError) as exc:
+    except (DocumentError, PlacementUnavailable, PublishError, ValueError, OSError) as exc:
         print(f"airflow-placement {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
 

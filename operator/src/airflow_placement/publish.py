@@ -1,0 +1,463 @@
+"""The publisher's side of the lease: serials, handovers scheduled the lease ahead, and one publisher at a time.
+
+The publisher keeps its state in one directory (on the Ansible controller, next to the inventory):
+
+- ``published.yaml``: the last document whose distribution finished: what every server holds or will fetch.
+- ``serial``: the highest serial ever issued, written before a document leaves, so serials never go back even when
+  a distribution fails half way.
+- ``publishing.json``: present while a publish is under way (from :meth:`Publisher.begin` to :meth:`commit` or
+  :meth:`abort`); a second publisher waits for it or stops.
+- ``pending.yaml``: the document being distributed.
+
+A new document is *spliced* onto the published one: for every schedule (an entry, or a task override) runs dated
+before the cut keep the owner the published document gives them, and runs from the cut on get the desired owner.
+The cut is ``now + lead`` (the longest maximum staleness plus the clock-skew margin, so every server's copy of the
+old document has expired or been replaced by then), rounded up to a whole second. Only a forced failover of a named
+failed server cuts earlier: at the start of that server's ownership (or ``since``), for the schedules it owns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import filelock
+import yaml
+
+from airflow_placement.document import (
+    META_KEY,
+    DocumentError,
+    Entry,
+    Handover,
+    Meta,
+    OwnerSchedule,
+    Placement,
+    normalize_host,
+    parse_document,
+)
+
+HEADER = (
+    "# Placement document published by airflow-placement (the dag_placement role): change the inventory and run\n"
+    "# placement.yml, or run failover.yml. A handover {at: T, owner: B} gives B the runs whose logical date is T or\n"
+    "# later. @meta is the publisher's: a serial that only grows, and when it issued and last renewed this copy.\n"
+)
+_RENEWED_LINE = re.compile(r'^  renewed: "[^"\n]*"$', re.MULTILINE)
+
+
+class PublishError(RuntimeError):
+    """A publish was refused or could not proceed; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One schedule whose owner changes: from ``at`` on (None: for runs of every date) ``old`` becomes ``new``."""
+
+    key: str
+    task: str | None
+    old: str | None
+    new: str
+    at: datetime | None
+    forced: bool
+
+    def describe(self, now: datetime) -> str:
+        what = self.key + (f" task {self.task}" if self.task else "")
+        if self.old is None:
+            return f"{what}: newly placed on {self.new}, at once (nothing owned it before)"
+        if self.at is None:
+            return f"{what}: {self.old} -> {self.new} for runs of every logical date, at once (forced)"
+        when = f"runs dated from {_format(self.at)}"
+        if self.forced:
+            return f"{what}: {self.old} -> {self.new} for {when} (forced)"
+        return f"{what}: {self.old} -> {self.new} for {when} (in {(self.at - now).total_seconds():.0f} s)"
+
+
+@dataclass
+class Plan:
+    """What a publish would put in the document, and why."""
+
+    data: dict[str, Any]
+    changes: list[Change] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def pending(self, now: datetime) -> list[str]:
+        """Every handover of the new document still to take effect, one line each."""
+        lines = []
+        for key, spec in self.data.items():
+            tasks = (spec.get("tasks") or {}) if isinstance(spec, dict) else {}
+            schedules = [(None, spec), *tasks.items()]
+            for task, sched in schedules:
+                for handover in sched.get("handover", []) if isinstance(sched, dict) else []:
+                    if _parse_time(handover["at"]) > now:
+                        what = key + (f" task {task}" if task else "")
+                        lines.append(f"{what}: to {handover['owner']} for runs dated from {handover['at']}")
+        return lines
+
+
+# --- Splicing -------------------------------------------------------------------------------------------------------
+
+
+def _format(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("z", "Z"))
+
+
+def ceil_second(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole second: a handover written without fractions never comes early."""
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + timedelta(seconds=1)
+
+
+def simplify(schedule: OwnerSchedule) -> OwnerSchedule:
+    """The same schedule without handovers to the owner that already owns the runs."""
+    kept: list[Handover] = []
+    current = schedule.owner
+    for handover in schedule.handovers:
+        if handover.owner != current:
+            kept.append(handover)
+            current = handover.owner
+    return OwnerSchedule(schedule.owner, tuple(kept))
+
+
+def splice(old: OwnerSchedule | None, desired: OwnerSchedule, cut: datetime | None) -> OwnerSchedule:
+    """Runs dated before ``cut`` keep ``old``'s owner, runs from ``cut`` on get ``desired``'s.
+
+    ``cut`` None (or no ``old``) means ``desired`` for runs of every date.
+    """
+    if old is None or cut is None:
+        return simplify(desired)
+    handovers = [h for h in old.handovers if h.at < cut]
+    handovers.append(Handover(cut, desired.owner_at(cut)))
+    handovers += [h for h in desired.handovers if h.at > cut]
+    return simplify(OwnerSchedule(old.owner, tuple(handovers)))
+
+
+def _segment_start(schedule: OwnerSchedule, host: str, now: datetime) -> tuple[bool, datetime | None]:
+    """Whether ``host`` owns runs dated ``now`` or later, and from when (None: from the beginning)."""
+    if schedule.owner_at(now) == host:
+        started = [h.at for h in schedule.handovers if h.at <= now]
+        return True, (started[-1] if started else None)
+    later = [h.at for h in schedule.handovers if h.at > now and h.owner == host]
+    return (True, later[0]) if later else (False, None)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    now: datetime
+    cut: datetime
+    failed: str | None
+    since: datetime | None
+
+
+def _cut(old: OwnerSchedule | None, rules: _Rules) -> tuple[datetime | None, bool]:
+    """Where to splice a desired schedule onto ``old``, and whether that is a forced cut."""
+    if old is None:
+        return None, False
+    if rules.failed is not None:
+        owns, start = _segment_start(old, rules.failed, rules.now)
+        if owns:
+            if rules.since is not None:
+                start = rules.since if start is None else max(start, rules.since)
+            return start, True
+    return rules.cut, False
+
+
+def _too_soon(old: OwnerSchedule | None, desired: OwnerSchedule, rules: _Rules, where: str) -> str | None:
+    """A handover written in the desired document that would take effect less than the lease ahead."""
+    if old is None:
+        return None
+    for handover in desired.handovers:
+        if handover.at < rules.cut and old.owner_at(handover.at) != handover.owner:
+            return (
+                f"{where}: the handover to {handover.owner} at {_format(handover.at)} would take effect less than the "
+                f"lease ahead (the earliest is {_format(rules.cut)}); schedule it later, or force a failover"
+            )
+    return None
+
+
+def _schedule_data(schedule: OwnerSchedule) -> str | dict[str, Any]:
+    if not schedule.handovers:
+        return schedule.owner
+    return {
+        "owner": schedule.owner,
+        "handover": [{"at": _format(h.at), "owner": h.owner} for h in schedule.handovers],
+    }
+
+
+def _entry_data(schedule: OwnerSchedule, tasks: dict[str, OwnerSchedule]) -> str | dict[str, Any]:
+    data = _schedule_data(schedule)
+    if not tasks:
+        return data
+    spec: dict[str, Any] = {"owner": data} if isinstance(data, str) else dict(data)
+    spec["tasks"] = {task: _schedule_data(sched) for task, sched in tasks.items()}
+    return spec
+
+
+def _change(  # noqa: PLR0917
+    key: str,
+    task: str | None,
+    old: OwnerSchedule | None,
+    new: OwnerSchedule,
+    cut: datetime | None,
+    forced: bool,
+    now: datetime,
+) -> Change | None:
+    if old is not None and old == new:
+        return None
+    if old is None:
+        return Change(key, task, None, new.owner_at(now), None, False)
+    probe = cut if cut is not None else now
+    return Change(key, task, old.owner_at(probe), new.owner_at(probe), cut, forced)
+
+
+def plan(
+    published: Placement | None,
+    desired: Placement,
+    *,
+    now: datetime,
+    lead: float,
+    failed: str | None = None,
+    since: datetime | None = None,
+) -> Plan:
+    """The document that moves ``published`` towards ``desired`` without two servers ever owning the same run.
+
+    :param lead: seconds from now to the earliest handover: the longest maximum staleness plus the clock skew.
+    :param failed: a server known to be down: its runs move at once (a forced failover).
+    :param since: with ``failed``: the move covers runs dated from ``since`` on, not of every date.
+    """
+    if not math.isfinite(lead) or lead < 0:
+        raise PublishError(f"the lead time must be a finite number of seconds >= 0, not {lead!r}")
+    if since is not None and since > now:
+        raise PublishError(f"since ({_format(since)}) is in the future")
+    rules = _Rules(now, ceil_second(now + timedelta(seconds=lead)), normalize_host(failed) if failed else None, since)
+    result = Plan({})
+
+    def place(key: str, old_entry: Entry | None, new_entry: Entry) -> None:
+        old_sched = old_entry.schedule if old_entry else None
+        cut, forced = _cut(old_sched, rules)
+        if not forced and (problem := _too_soon(old_sched, new_entry.schedule, rules, key)):
+            result.problems.append(problem)
+        schedule = splice(old_sched, new_entry.schedule, cut)
+        if change := _change(key, None, old_sched, schedule, cut, forced, now):
+            result.changes.append(change)
+        tasks: dict[str, OwnerSchedule] = {}
+        task_ids = list(new_entry.tasks) + [
+            t for t in (old_entry.tasks if old_entry else {}) if t not in new_entry.tasks
+        ]
+        for task in task_ids:
+            old_task = old_entry.schedule_for(task)[0] if old_entry else None
+            new_task = new_entry.schedule_for(task)[0]
+            where = f"{key} task {task}"
+            task_cut, task_forced = _cut(old_task, rules)
+            if not task_forced and (problem := _too_soon(old_task, new_task, rules, where)):
+                result.problems.append(problem)
+            spliced = splice(old_task, new_task, task_cut)
+            if spliced != schedule:
+                tasks[task] = spliced
+            if change := _change(key, task, old_task, spliced, task_cut, task_forced, now):
+                result.changes.append(change)
+        result.data[key] = _entry_data(schedule, tasks)
+
+    for entry in desired.entries:
+        place(entry.key, published.entry_for(entry.key) if published else None, entry)
+    if published is not None:
+        for entry in published.entries:
+            if entry.key in result.data:
+                continue
+            successor = desired.entry_for(entry.key)
+            if successor is None:
+                result.changes.append(Change(entry.key, None, entry.schedule.owner_at(now), "nobody", None, False))
+                continue  # a DAG that no entry matches runs nowhere: dropping it can only stop runs
+            place(entry.key, entry, Entry(entry.key, entry.line, successor.schedule, successor.tasks))
+    return result
+
+
+def render(data: dict[str, Any], meta: Meta) -> str:
+    """The document's text: the header, ``@meta`` in a fixed form (so a renewal changes one line), the entries."""
+    lines = [
+        HEADER.rstrip("\n"),
+        f'"{META_KEY}":',
+        f"  serial: {meta.serial}",
+        f'  issued: "{_format(meta.issued)}"',
+        f'  renewed: "{_format(meta.renewed or meta.issued)}"',
+    ]
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000) if data else ""
+    return "\n".join(lines) + "\n" + body
+
+
+# --- The publisher's state --------------------------------------------------------------------------------------------
+
+
+class Publisher:
+    """The publisher's state directory (see the module docstring)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.published_path = state_dir / "published.yaml"
+        self.pending_path = state_dir / "pending.yaml"
+        self.serial_path = state_dir / "serial"
+        self.publishing_path = state_dir / "publishing.json"
+        self._lock = filelock.FileLock(state_dir / ".state.lock")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock.acquire(timeout=60):
+            yield
+
+    def published(self) -> Placement | None:
+        try:
+            text = self.published_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return parse_document(text, origin=str(self.published_path))
+        except DocumentError as exc:
+            raise PublishError(f"the last published document is not valid: {exc}") from None
+
+    def _issued_serial(self) -> int:
+        try:
+            text = self.serial_path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        if not text.isdigit():
+            raise PublishError(f"{self.serial_path} holds {text[:40]!r}, not a serial")
+        return int(text)
+
+    def holder(self) -> str | None:
+        """Who is publishing now, in one line; None when nobody is."""
+        try:
+            info = json.loads(self.publishing_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return f"an unreadable {self.publishing_path}"
+        return f"serial {info.get('serial')} by pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+
+    def begin(
+        self,
+        desired: Placement,
+        *,
+        lead: float,
+        failed: str | None = None,
+        since: datetime | None = None,
+        check: bool = False,
+        wait: float = 0.0,
+        now: datetime | None = None,
+        baseline: Placement | None = None,
+    ) -> tuple[str, Plan]:
+        """Plan the next document and, unless ``check``, take the publishing lock and issue it as pending.
+
+        :param baseline: what the servers hold when this publisher has published nothing yet (e.g. a document
+            published by other means): changes from it are scheduled like any other.
+
+        :returns: the document's text and the plan.
+        :raises PublishError: when another publish is under way (after ``wait`` seconds), or the plan is refused.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            with self._locked():
+                holder = self.holder()
+                if holder is None or check:
+                    return self._issue(
+                        desired, lead=lead, failed=failed, since=since, check=check, now=now, baseline=baseline
+                    )
+            if time.monotonic() >= deadline:
+                raise PublishError(
+                    f"another publish is under way ({holder}); it ends with publish-commit or publish-abort. If that "
+                    f"run is gone, run: airflow-placement publish-abort --state-dir {self.dir}"
+                )
+            time.sleep(0.5)
+
+    def _issue(
+        self,
+        desired: Placement,
+        *,
+        lead: float,
+        failed: str | None,
+        since: datetime | None,
+        check: bool,
+        now: datetime | None,
+        baseline: Placement | None,
+    ) -> tuple[str, Plan]:
+        now = now or datetime.now(UTC)
+        published = self.published() or baseline
+        the_plan = plan(published, desired, now=now, lead=lead, failed=failed, since=since)
+        if the_plan.problems:
+            more = len(the_plan.problems) - 1
+            raise PublishError(the_plan.problems[0] + (f" (and {more} more)" if more else ""))
+        serial = max(self._issued_serial(), published.meta.serial if published and published.meta else 0) + 1
+        issued = now.replace(microsecond=0)
+        text = render(the_plan.data, Meta(serial, issued, issued))
+        parse_document(text, origin="the new document")  # never issue what a server would refuse
+        if check:
+            return text, the_plan
+        _replace(self.serial_path, f"{serial}\n")
+        _replace(self.pending_path, text)
+        _replace(
+            self.publishing_path,
+            json.dumps({"serial": serial, "pid": os.getpid(), "host": socket.gethostname(), "since": _format(now)}),
+        )
+        return text, the_plan
+
+    def commit(self) -> int:
+        """The pending document was distributed: it becomes the published one. Returns its serial."""
+        with self._locked():
+            if not self.pending_path.exists():
+                raise PublishError(f"nothing to commit: no {self.pending_path}")
+            serial = parse_document(self.pending_path.read_bytes(), origin=str(self.pending_path)).meta
+            os.replace(self.pending_path, self.published_path)
+            self.publishing_path.unlink(missing_ok=True)
+            return serial.serial if serial else 0
+
+    def abort(self) -> None:
+        """The distribution failed or was given up: release the lock. The serial stays used."""
+        with self._locked():
+            self.pending_path.unlink(missing_ok=True)
+            self.publishing_path.unlink(missing_ok=True)
+
+    def renew(self, now: datetime | None = None) -> str:
+        """The published document with a new renewal time (same serial, same content). Returns its text."""
+        now = (now or datetime.now(UTC)).replace(microsecond=0)
+        with self._locked():
+            try:
+                text = self.published_path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise PublishError(f"nothing to renew: nothing was published yet ({self.published_path})") from None
+            renewed, count = _RENEWED_LINE.subn(f'  renewed: "{_format(now)}"', text, count=1)
+            if count != 1:
+                raise PublishError(f"{self.published_path} has no renewal line; publish it again")
+            before = parse_document(text, origin=str(self.published_path))
+            after = parse_document(renewed, origin="the renewed document")
+            if after.revision != before.revision or after.meta is None or after.meta.renewed is None:
+                raise PublishError(f"renewing {self.published_path} would change its content; publish it again")
+            _replace(self.published_path, renewed)
+            return renewed
+
+
+def _replace(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

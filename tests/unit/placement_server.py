@@ -6,9 +6,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GOOD = b"dag_1: server-1.tld\n'*': server-2.tld\n"
+T0 = 1_796_104_800.0  # 2026-12-01T06:00:00Z
+
+
+def iso(moment: float) -> str:
+    """``moment`` (a Unix time) as a publisher writes it in ``@meta``."""
+    return datetime.fromtimestamp(moment, UTC).isoformat()
+
+
+def with_meta(serial: int, issued: float, renewed: float | None = None, body: bytes = GOOD) -> bytes:
+    """``body`` with an ``@meta`` block in front, as a publisher writes it."""
+    lines = ['"@meta":', f"  serial: {serial}", f"  issued: {iso(issued)}"]
+    if renewed is not None:
+        lines.append(f"  renewed: {iso(renewed)}")
+    return "\n".join(lines).encode() + b"\n" + body
 
 
 @dataclass
@@ -23,27 +38,40 @@ class Reply:
 
 
 class DocumentServer:
-    """Serves ``document`` with ``etag``, answering 304 to a matching If-None-Match; ``respond`` may be replaced."""
+    """Serves ``document`` with its validators, answering 304 as a static file server does; ``respond`` may be replaced.
+
+    ``etag`` and ``last_modified`` are sent when set. A request with ``If-None-Match`` gets 304 when it matches
+    ``etag`` (compared as written, weak or strong); otherwise one with ``If-Modified-Since`` gets 304 when it matches
+    ``last_modified``, whose one-second resolution cannot tell two documents written in the same second apart.
+    """
 
     def __init__(self) -> None:
         self.document = GOOD
-        self.etag = '"v1"'
-        self.last_modified = "Tue, 01 Dec 2026 06:00:00 GMT"
+        self.etag: str | None = '"v1"'
+        self.last_modified: str | None = "Tue, 01 Dec 2026 06:00:00 GMT"
         self.respond: Callable[[dict[str, str]], Reply] = self.serve_document
         self.requests: list[dict[str, str]] = []
+        self.statuses: list[int] = []
         self._lock = threading.Lock()
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._http.server_address[1]}/airflow-dag-on-server.yaml"
 
     def serve_document(self, headers: dict[str, str]) -> Reply:
-        if headers.get("If-None-Match") == self.etag:
+        if "If-None-Match" in headers:
+            if headers["If-None-Match"] == self.etag:
+                return Reply(304)
+        elif self.last_modified is not None and headers.get("If-Modified-Since") == self.last_modified:
             return Reply(304)
-        return Reply(200, self.document, {"ETag": self.etag, "Last-Modified": self.last_modified})
+        validators = {"ETag": self.etag, "Last-Modified": self.last_modified}
+        return Reply(200, self.document, {name: value for name, value in validators.items() if value is not None})
 
     def record(self, headers: dict[str, str]) -> Reply:
         with self._lock:
             self.requests.append(headers)
-        return self.respond(headers)
+        reply = self.respond(headers)
+        with self._lock:
+            self.statuses.append(reply.status)
+        return reply
 
     @property
     def count(self) -> int:
@@ -87,13 +115,21 @@ def _handler(server: DocumentServer) -> type[BaseHTTPRequestHandler]:
 
 
 class Clock:
-    """A clock the test moves by hand."""
+    """A server's clock, moved by hand, and when the server's stack started on it (an hour before, at first)."""
 
-    def __init__(self, now: float = 1_000_000.0) -> None:
+    def __init__(self, now: float = T0) -> None:
         self.now = now
+        self.started = now - 3600
 
     def __call__(self) -> float:
         return self.now
 
+    def stack_started(self) -> float:
+        return self.started
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    def restart(self) -> None:
+        """The server's stack restarts now."""
+        self.started = self.now

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from airflow_placement.document import Placement, normalize_host
+from airflow_placement.document import PlacementView, normalize_host
 
 Outcome = Literal["run", "skip"]
 
@@ -36,7 +36,7 @@ class Decision:
 
 
 def decide(
-    placement: Placement,
+    placement: PlacementView,
     *,
     dag_id: str,
     task_id: str | None,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, Protocol
 
 import fastjsonschema
 import yaml
@@ -142,6 +142,24 @@ class Meta:
         return self.renewed or self.issued
 
 
+def pattern_rank(entries: tuple[Entry, ...]) -> list[Entry]:
+    """The pattern entries in the order they are tried: most literal characters first, then as written."""
+    order = {e.key: i for i, e in enumerate(entries)}
+    return sorted((e for e in entries if e.is_pattern), key=lambda e: (-len(_WILDCARDS.sub("", e.key)), order[e.key]))
+
+
+class PlacementView(Protocol):
+    """What deciding needs of a document: a parsed :class:`Placement`, or a snapshot of one."""
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def meta(self) -> Meta | None: ...
+
+    def entry_for(self, dag_id: str) -> Entry | None: ...
+
+
 @dataclass(frozen=True)
 class Placement:
     """A validated placement document.
@@ -158,11 +176,7 @@ class Placement:
 
     def __post_init__(self) -> None:
         exact = {e.key: e for e in self.entries if not e.is_pattern}
-        order = {e.key: i for i, e in enumerate(self.entries)}
-        patterns = sorted(
-            (e for e in self.entries if e.is_pattern),
-            key=lambda e: (-len(_WILDCARDS.sub("", e.key)), order[e.key]),
-        )
+        patterns = pattern_rank(self.entries)
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_patterns", tuple((re.compile(fnmatch.translate(e.key)), e) for e in patterns))
 

@@ -10,8 +10,8 @@ so an outage costs one request per TTL, not one per task.
 
 from __future__ import annotations
 
-import hashlib
 import math
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +21,7 @@ from pathlib import Path
 import filelock
 import requests
 
-from airflow_placement.document import DEFAULT_MAX_BYTES, DocumentError, Placement, parse_document
+from airflow_placement.document import DEFAULT_MAX_BYTES, DocumentError, Placement, PlacementView, parse_document
 from airflow_placement.lease import (
     LeaseSettings,
     Rejected,
@@ -32,6 +32,7 @@ from airflow_placement.lease import (
     is_fresh,
     stack_started_at,
 )
+from airflow_placement.snapshot import SnapshotPlacement, write_snapshot
 from airflow_placement.source import describe_error, is_http, local_path, open_source
 from airflow_placement.store import CacheEntry, SerialFloorError, Store
 
@@ -93,25 +94,11 @@ class FetchSettings:
 class Loaded:
     """A placement document fit to decide with, and how it was obtained."""
 
-    placement: Placement
+    placement: PlacementView
     age: float  # seconds since the publisher last vouched for it
     origin: str  # "cache", "source" or "fallback"
     note: str | None = None  # why a fallback copy is used
     requests: int = field(default=0, compare=False)  # requests this call made to the source
-
-
-_parsed: dict[str, Placement] = {}  # body digest -> parsed document, so a warm cache does not re-validate
-
-
-def _parse(body: str, origin: str, max_bytes: int) -> Placement:
-    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-    placement = _parsed.get(digest)
-    if placement is None:
-        placement = parse_document(body, origin=origin, max_bytes=max_bytes)
-        if len(_parsed) > 16:
-            _parsed.clear()
-        _parsed[digest] = placement
-    return placement
 
 
 class PlacementCache:
@@ -138,14 +125,8 @@ class PlacementCache:
         return self.store.path
 
     def read(self) -> CacheEntry | None:
-        """The store's entry, when its copy (if any) still validates."""
-        entry = self.store.read()
-        if entry is not None and entry.body is not None:
-            try:
-                self._parse(entry.body)
-            except DocumentError:
-                return None
-        return entry
+        """The store's entry (without its body: deciding reads the snapshot)."""
+        return self.store.read()
 
     def load(self) -> Loaded:
         """Return a trustworthy document, asking the source at most once per TTL.
@@ -173,8 +154,10 @@ class PlacementCache:
             return None
         now, started = self.clock(), self.started()
         if is_fresh(entry, now, started, self.lease):
-            assert entry.body is not None
-            return Loaded(self._parse(entry.body), age(entry, now), "cache")
+            view = self._view(entry)
+            if view is not None:
+                return Loaded(view, age(entry, now), "cache")
+            return None
         if failed_recently(entry, now, started, self.lease):
             assert entry.failure is not None
             return self._fallback(entry, entry.failure)
@@ -208,19 +191,25 @@ class PlacementCache:
             return self._failed(entry, now, f"cannot read {settings.source}: {describe_error(exc)}", requests_made)
         if new.serial is not None:
             self.store.raise_floor(new.serial)  # before the copy is used, so no restart can take it back
+        view: PlacementView | None = placement
+        if placement is not None and placement.revision != entry.revision:
+            self._snapshot(placement)
         self.store.write(new)
         reason = distrust(new, now, self.started(), self.lease)
         if reason is not None:
             raise PlacementUnavailable(f"{settings.source}: {reason}")
-        assert new.body is not None
-        return Loaded(self._parse(new.body), age(new, now), "source", requests=requests_made)
+        view = view or self._view(new)
+        if view is None:
+            raise PlacementUnavailable(f"{settings.source}: the cached copy is missing or damaged")
+        return Loaded(view, age(new, now), "source", requests=requests_made)
 
     def _failed(self, entry: CacheEntry, now: float, reason: str, requests_made: int) -> Loaded:
         self.store.write(replace(entry, attempted_at=now, failure=reason))
         return replace(self._fallback(entry, reason), requests=requests_made)
 
     def _fallback(self, entry: CacheEntry, reason: str) -> Loaded:
-        if entry.body is None:
+        view = self._view(entry) if entry.revision is not None else None
+        if view is None:
             raise PlacementUnavailable(f"{reason}; no earlier copy of the placement document is cached")
         now = self.clock()
         why_not = distrust(entry, now, self.started(), self.lease)
@@ -228,14 +217,37 @@ class PlacementCache:
             raise PlacementUnavailable(f"{reason}; {why_not}")
         copy_age = age(entry, now)
         return Loaded(
-            self._parse(entry.body),
+            view,
             copy_age,
             "fallback",
             note=f"{reason}; using the copy the publisher vouched for {copy_age:.0f} s ago",
         )
 
-    def _parse(self, body: str) -> Placement:
-        return _parse(body, self.settings.source, self.settings.max_bytes)
+    def _view(self, entry: CacheEntry) -> PlacementView | None:
+        """The held copy, from its snapshot (rebuilt from the stored body if need be); None when it is gone."""
+        assert entry.revision is not None
+        try:
+            return SnapshotPlacement.open(self.store.snapshot_path(entry.revision))
+        except (OSError, sqlite3.Error):
+            pass
+        with_body = self.store.read(with_body=True)
+        if with_body is None or with_body.body is None or with_body.revision != entry.revision:
+            return None
+        try:
+            placement = parse_document(with_body.body, origin=self.settings.source, max_bytes=self.settings.max_bytes)
+        except DocumentError:
+            return None
+        if placement.revision != entry.revision:
+            return None
+        self._snapshot(placement)
+        return placement
+
+    def _snapshot(self, placement: Placement) -> None:
+        try:
+            write_snapshot(placement, self.store.snapshot_path(placement.revision))
+            self.store.prune_snapshots(keep=placement.revision)
+        except (OSError, sqlite3.Error):
+            pass  # deciding falls back to parsing the stored body
 
 
 def load_placement(

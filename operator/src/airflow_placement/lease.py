@@ -60,7 +60,7 @@ def accept(
     :raises Rejected: a 304 for a copy not held, a rollback, a downgrade to no ``@meta``, a serial with other content.
     """
     if fetched.status == 304:
-        if entry.body is None or fetched.etag is None or fetched.etag != entry.etag:
+        if entry.revision is None or fetched.etag is None or fetched.etag != entry.etag:
             raise Rejected("the source answered 304 Not Modified for a copy this server does not hold")
         return replace(entry, vouched_at=now, vouched_clock="server", checked_at=now, attempted_at=now, failure=None)
     assert placement is not None and body is not None
@@ -100,7 +100,7 @@ def rollback_reason(entry: CacheEntry, placement: Placement, floor: int) -> str 
             f"the source served serial {meta.serial}, older than serial {floor} that this server has accepted; "
             "refused as a rollback"
         )
-    if meta.serial == entry.serial and entry.body is not None and placement.revision != entry.revision:
+    if meta.serial == entry.serial and entry.revision is not None and placement.revision != entry.revision:
         return f"the source served serial {meta.serial} again with other content; refused"
     return None
 
@@ -139,7 +139,7 @@ def distrust(entry: CacheEntry, now: float, started: float, settings: LeaseSetti
 
     :param started: when this server's stack started (this server's clock).
     """
-    if entry.body is None:
+    if entry.revision is None:
         return "no copy of the placement document is held"
     return restart_reason(entry, started, settings) or staleness_reason(entry, now, settings)
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ Clock = Literal["server", "publisher"]
 class CacheEntry:
     """What the cache file holds for one source.
 
-    :param body: the last good document.
+    :param body: the last good document, when read with it (the store keeps it in a file of its own).
     :param etag: its strong ETag, for a conditional request.
     :param serial: its ``@meta`` serial (None for a document in the original form).
     :param revision: its content digest.
@@ -59,16 +59,19 @@ class Store:
     def __init__(self, cache_dir: Path, source: str) -> None:
         self.dir = cache_dir
         self.source = source
-        key = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+        self.key = key = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
         self.path = cache_dir / f"{key}.json"
+        self.body_path = cache_dir / f"{key}.yaml"
         self.floor_path = cache_dir / f"{key}.serial"
         self.lock = filelock.FileLock(cache_dir / f"{key}.lock")
 
-    def read(self) -> CacheEntry | None:
-        """This source's entry; None when there is none or it is not usable."""
+    def read(self, *, with_body: bool = False) -> CacheEntry | None:
+        """This source's entry (its ``body`` only ``with_body``); None when there is none or it is not usable."""
         try:
             data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
             entry = CacheEntry(**data)
+            if with_body and entry.revision is not None:
+                entry = replace(entry, body=self.body_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, TypeError):
             return None
         numbers = (entry.vouched_at, entry.checked_at, entry.attempted_at)
@@ -83,7 +86,19 @@ class Store:
         return entry
 
     def write(self, entry: CacheEntry) -> None:
-        self._replace(self.path, json.dumps(asdict(entry)))
+        """Store ``entry``; its body (when given) goes first, so the entry never names a body not yet written."""
+        if entry.body is not None:
+            self._replace(self.body_path, entry.body)
+        self._replace(self.path, json.dumps(asdict(replace(entry, body=None))))
+
+    def snapshot_path(self, revision: str) -> Path:
+        return self.dir / f"{self.key}.{revision}.db"
+
+    def prune_snapshots(self, keep: str) -> None:
+        """Remove the snapshots of revisions other than ``keep`` (a reader that has one open keeps its copy)."""
+        for path in self.dir.glob(f"{self.key}.*.db"):
+            if path.name != self.snapshot_path(keep).name:
+                path.unlink(missing_ok=True)
 
     def floor(self) -> int:
         """The highest serial this server has accepted from the source (0: none yet)."""

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ dag_1: server-1.tld
 reports:
   owner: server-1.tld
   handover:
-    - {at: "2026-12-01T06:00:00Z", owner: server-2.tld}
+    - {at: "2025-12-01T06:00:00Z", owner: server-2.tld}
     - {at: "2999-01-01T00:00:00Z", owner: server-3.tld}
   tasks:
     publish: server-3.tld
@@ -121,25 +122,25 @@ def decide(document: Path | str, tmp_path: Path, *args: str, env: dict[str, str]
         (["--dag-id", "etl_x", "--host", "server-2.tld"], "run", "server-2.tld", "entry 'etl_*'"),
         (["--dag-id", "nobody", "--host", "server-1.tld"], "skip", None, "no entry or pattern"),
         (
-            ["--dag-id", "reports", "--host", "server-1.tld", "--logical-date", "2026-12-01T05:59:59Z"],
+            ["--dag-id", "reports", "--host", "server-1.tld", "--logical-date", "2025-12-01T05:59:59Z"],
             "run",
             "server-1.tld",
             "entry 'reports'",
         ),
         (
-            ["--dag-id", "reports", "--host", "server-1.tld", "--logical-date", "2026-12-01T06:00:00+00:00"],
+            ["--dag-id", "reports", "--host", "server-1.tld", "--logical-date", "2025-12-01T06:00:00+00:00"],
             "skip",
             "server-2.tld",
             "after a scheduled handover",
         ),
         (
-            ["--dag-id", "reports", "--host", "server-2.tld", "--logical-date", "2026-12-01T07:30:00+01:00"],
+            ["--dag-id", "reports", "--host", "server-2.tld", "--logical-date", "2025-12-01T07:30:00+01:00"],
             "run",
             "server-2.tld",
             "after a scheduled handover",
         ),
         (  # no offset: UTC
-            ["--dag-id", "reports", "--host", "server-1.tld", "--logical-date", "2026-12-01T05:59:59"],
+            ["--dag-id", "reports", "--host", "server-1.tld", "--logical-date", "2025-12-01T05:59:59"],
             "run",
             "server-1.tld",
             "",
@@ -222,7 +223,7 @@ def test_decide_rejects_a_bad_date(document: Path) -> None:
 
 
 def test_show_lists_owners_and_pending_handovers(document: Path) -> None:
-    document.write_text(DOCUMENT.replace("2026-12-01T06:00:00Z", "2020-12-01T06:00:00Z"))
+    document.write_text(DOCUMENT.replace("2025-12-01T06:00:00Z", "2020-12-01T06:00:00Z"))
     result = run("show", str(document))
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()]
@@ -250,3 +251,20 @@ def test_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: airflow-placement")
+
+
+def test_decide_refuses_a_future_dated_run_across_a_pending_handover(tmp_path: Path) -> None:
+    """A run dated after a handover still to come runs nowhere: a server holding the document from before the
+    handover was published would run it, so one holding this document must not."""
+    handover = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    document = tmp_path / "doc.yaml"
+    document.write_text(
+        f'reports:\n  owner: server-1.tld\n  handover:\n    - {{at: "{handover}", owner: server-2.tld}}\n'
+    )
+    later = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    for host in ("server-1.tld", "server-2.tld"):
+        output = decide(document, tmp_path, "--dag-id", "reports", "--host", host, "--logical-date", later)
+        assert output["decision"] == "skip"
+        assert "has not taken effect yet" in output["reason"]
+    before = decide(document, tmp_path, "--dag-id", "reports", "--host", "server-1.tld")
+    assert before["decision"] == "run"

@@ -232,7 +232,13 @@ def _decide(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     when = args.logical_date or now
     result = decide(loaded.placement, dag_id=args.dag_id, task_id=args.task_id, host=settings.host, when=when, now=now)
-    output = {**result.as_json(), "document_age": round(loaded.age, 3), "document_from": loaded.origin}
+    meta = loaded.placement.meta
+    output = {
+        **result.as_json(),
+        "serial": meta.serial if meta else None,
+        "document_age": round(loaded.age, 3),
+        "document_from": loaded.origin,
+    }
     if loaded.note:
         output["note"] = loaded.note
     print(json.dumps(output))

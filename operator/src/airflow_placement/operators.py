@@ -119,7 +119,8 @@ class GatedDockerOperator(DockerOperator):
             when=run_date(context),
             now=datetime.now(UTC),
         )
-        self.log.info("%s", _log_line(decision, run_id))
+        meta = loaded.placement.meta
+        self.log.info("%s", _log_line(decision, run_id, meta.serial if meta else None))
         if decision.run:
             return super().execute(context)
         if settings.not_owner == "fail":
@@ -138,8 +139,9 @@ class SCDockerOperator(GatedDockerOperator):
     """
 
 
-def _log_line(decision: Decision, run_id: str) -> str:
+def _log_line(decision: Decision, run_id: str, serial: int | None) -> str:
     return (
         f"placement: decision={decision.decision} dag={decision.dag_id} task={decision.task_id} run={run_id} "
-        f"host={decision.host} owner={decision.owner} revision={decision.revision} reason={decision.reason}"
+        f"host={decision.host} owner={decision.owner} serial={serial if serial is not None else '-'} "
+        f"revision={decision.revision} reason={decision.reason}"
     )

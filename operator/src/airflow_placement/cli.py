@@ -15,6 +15,7 @@ from airflow_placement.decision import decide
 from airflow_placement.document import DocumentError, Placement, normalize_host
 from airflow_placement.fetch import PlacementUnavailable, load_placement, read_source
 from airflow_placement.publish import Publisher, PublishError
+from airflow_placement.rerun import Airflow, ApiError, describe, select
 from airflow_placement.settings import KEYS, SECTION, gate_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -121,6 +122,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     renew.add_argument("--state-dir", required=True, help="the publisher's state directory")
     renew.add_argument("--out", help="where to write the renewed document (default: standard output)")
+
+    rerun = commands.add_parser(
+        "rerun",
+        help="re-run on a successor what a failed server missed",
+        description="After a forced failover dated back to --since, clear through the successor's Airflow REST API "
+        "the task instances it skipped only because the failed server owned them (the document --before the move "
+        "gave them to --failed, the one --after gives them to --successor), with a logical date in [since, until), "
+        "so that they run there once. Prints what it clears; --dry-run only asks Airflow what would be cleared.",
+    )
+    rerun.add_argument("--api", required=True, help="the successor's Airflow base URL, e.g. http://server-2:8080")
+    rerun.add_argument("--user", required=True, help="the API user")
+    rerun.add_argument(
+        "--password-env", required=True, metavar="VAR", help="environment variable holding the user's password"
+    )
+    rerun.add_argument("--before", required=True, help="path of the document before the move")
+    rerun.add_argument("--after", required=True, help="path of the document after the move")
+    rerun.add_argument("--failed", required=True, metavar="HOST", help="the failed server")
+    rerun.add_argument("--successor", required=True, metavar="HOST", help="the server whose API this is")
+    rerun.add_argument("--since", required=True, type=_parse_date, help="start of the window (ISO 8601)")
+    rerun.add_argument("--until", type=_parse_date, help="end of the window, exclusive (default: now)")
+    rerun.add_argument("--dry-run", action="store_true", help="clear nothing")
     return parser
 
 
@@ -203,6 +225,36 @@ def _publish_abort(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    password = os.environ.get(args.password_env)
+    if not password:
+        raise ValueError(f"the environment variable {args.password_env} (--password-env) is empty or not set")
+    api = Airflow(args.api, args.user, password)
+    api.sign_in()
+    runs = select(
+        api.skipped_since(args.since),
+        before=read_source(args.before),
+        after=read_source(args.after),
+        failed=args.failed,
+        successor=args.successor,
+        since=args.since,
+        until=args.until or datetime.now(UTC),
+    )
+    note = f"re-run on {args.successor}: {args.failed} failed (forced failover since {args.since.isoformat()})"
+    planned = [ti for run in runs for ti in api.clear(run, dry_run=True, note=note)]
+    if not planned:
+        print(f"nothing to re-run: no task instance the failed server owned was skipped on {args.successor}")
+        return EXIT_OK
+    if args.dry_run:
+        print(f"would clear on {args.successor} ({len(planned)} task instances):")
+        print("\n".join(f"  {describe(ti)}" for ti in planned))
+        return EXIT_OK
+    cleared = [ti for run in runs for ti in api.clear(run, dry_run=False, note=note)]
+    print(f"cleared on {args.successor} ({len(cleared)} task instances):")
+    print("\n".join(f"  {describe(ti)}" for ti in cleared))
+    return EXIT_OK
+
+
 def _renew(args: argparse.Namespace) -> int:
     _write(args.out, Publisher(Path(args.state_dir)).renew())
     return EXIT_OK
@@ -279,10 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish-commit": _publish_commit,
         "publish-abort": _publish_abort,
         "renew": _renew,
+        "rerun": _rerun,
     }[args.command]
     try:
         return handler(args)
-    except (DocumentError, PlacementUnavailable, PublishError, ValueError, OSError) as exc:
+    except (DocumentError, PlacementUnavailable, PublishError, ApiError, ValueError, OSError) as exc:
         print(f"airflow-placement {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
 

@@ -276,9 +276,18 @@ class _Builder:
         return mapping
 
 
+# A plain scalar that starts with a letter and is none of YAML 1.1's boolean or null words is a string: host names
+# and ids, nearly every scalar of a document, skip the resolver's regular expressions.
+_PLAIN_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_NOT_STRINGS = frozenset("y yes n no true false on off null".split())
+
+
 def _scalar(event: yaml.ScalarEvent) -> Any:
+    value = event.value
     if not event.implicit[0]:  # quoted: always a string
-        return event.value
+        return value
+    if _PLAIN_STRING.fullmatch(value) and value.lower() not in _NOT_STRINGS:
+        return value
     tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
     if tag in (_STR_TAG, _TIMESTAMP_TAG):  # timestamps are parsed by the schema, with their offsets kept
         return event.value

@@ -279,7 +279,7 @@ class _Builder:
 # A plain scalar that starts with a letter and is none of YAML 1.1's boolean or null words is a string: host names
 # and ids, nearly every scalar of a document, skip the resolver's regular expressions.
 _PLAIN_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_NOT_STRINGS = frozenset("y yes n no true false on off null".split())
+_NOT_STRINGS = frozenset(["y", "yes", "n", "no", "true", "false", "on", "off", "null"])
 
 
 def _scalar(event: yaml.ScalarEvent) -> Any:
@@ -458,7 +458,8 @@ def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int
 
     problems: list[Problem] = []
     entries = []
-    meta = _meta(data.pop(META_KEY, None), lines, problems)
+    meta_spec = data.pop(META_KEY, None)
+    meta = _meta(meta_spec, lines, problems)
     for key, spec in data.items():
         tasks: dict[str, OwnerSchedule] = {}
         if isinstance(spec, dict):
@@ -467,7 +468,7 @@ def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int
         entries.append(Entry(key, lines[(key,)], _schedule(spec, (key,), lines, problems), tasks))
     if problems:
         raise DocumentError(origin, problems[:_MAX_REPORTED_PROBLEMS])
-    return Placement(tuple(entries), _revision(raw, lines), meta)
+    return Placement(tuple(entries), _revision(data, meta_spec), meta)
 
 
 def _date(value: str, path: Path, lines: dict[Path, int], problems: list[Problem]) -> datetime | None:
@@ -490,11 +491,9 @@ def _meta(spec: Any, lines: dict[Path, int], problems: list[Problem]) -> Meta | 
     return Meta(int(spec["serial"]), issued, renewed)
 
 
-def _revision(raw: bytes, lines: dict[Path, int]) -> str:
-    """A digest of the document's bytes without the line of its renewal time (when that line holds nothing else)."""
-    renewed_line = lines.get((META_KEY, "renewed"))
-    if renewed_line and renewed_line not in (lines.get((META_KEY, "serial")), lines.get((META_KEY, "issued"))):
-        parts = raw.split(b"\n")
-        parts[renewed_line - 1] = b""
-        raw = b"\n".join(parts)
-    return hashlib.sha256(raw).hexdigest()[:12]
+def _revision(data: dict[str, Any], meta: dict[str, Any] | None) -> str:
+    """A digest of the document's content, ``@meta`` included but its renewal time not: however it is written (YAML
+    layout, comments), a renewed copy has the revision of the copy first issued, and other content another one."""
+    issued = {k: v for k, v in meta.items() if k != "renewed"} if meta is not None else None
+    canonical = json.dumps([issued, data], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]

@@ -164,7 +164,7 @@ def test_a_second_publisher_stops_with_one_line_naming_the_first(tmp_path: Path)
     with pytest.raises(PublishError) as raised:
         Publisher(tmp_path).begin(doc('"*": s2\n'), lead=LEAD)
     message = str(raised.value)
-    assert "another publish is under way (serial 1 by pid" in message
+    assert "another publish is under way (serial 1, by pid" in message
     assert "\n" not in message
 
 
@@ -262,3 +262,29 @@ def test_two_publishers_at_once_one_wins(tmp_path: Path) -> None:
     assert all("another publish is under way" in err for code, err in results if code)
     time.sleep(0)  # the winner's serial is 1; nothing else was issued
     assert (state / "serial").read_text() == "1\n"
+
+
+def test_the_lock_is_taken_before_the_inputs_are_read_and_held_to_the_commit(tmp_path: Path) -> None:
+    """The role takes the lock, then reads the record of failed servers, then publishes with the lock's token: a
+    second run that waits reads that record only after the first has written it."""
+    publisher = Publisher(tmp_path)
+    token = publisher.acquire()
+    with pytest.raises(PublishError, match=r"another publish is under way \(no serial issued yet, by pid"):
+        Publisher(tmp_path).acquire()
+    with pytest.raises(PublishError, match="this run does not hold the publishing lock"):
+        publisher.begin(doc('"*": s1\n'), lead=LEAD, token="not-the-token")
+    text, _ = publisher.begin(doc('"*": s1\n'), lead=LEAD, token=token)
+    assert "serial: 1\n" in text
+    assert publisher.commit() == 1
+    assert Publisher(tmp_path).acquire()  # released by the commit
+
+
+def test_a_refused_plan_issues_nothing_and_releases_the_lock(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path)
+    publisher.begin(doc("reports: s1\n"), lead=LEAD, now=NOW)
+    publisher.commit()
+    desired = doc('reports:\n  owner: s1\n  handover:\n    - {at: "2026-11-30T05:00:30Z", owner: s2}\n')
+    with pytest.raises(PublishError, match="less than the lease ahead"):
+        publisher.begin(desired, lead=LEAD, now=NOW)
+    assert (tmp_path / "serial").read_text() == "1\n"
+    assert publisher.holder() is None

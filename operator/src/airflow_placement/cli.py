@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from airflow_placement import __version__
 from airflow_placement.decision import decide
@@ -80,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("source", metavar="SRC", help="path or URL of the document")
 
+    _add_publisher_commands(commands)
+    return parser
+
+
+def _add_publisher_commands(commands: Any) -> None:
+    """The publisher's side: publish-lock, publish, publish-commit, publish-abort, renew, rerun."""
     publish = commands.add_parser(
         "publish",
         help="issue the next document (a publisher's command)",
@@ -105,6 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait for another publish to finish (default 0)"
     )
+    publish.add_argument("--lock-token", help="the publishing lock taken with publish-lock (default: take it now)")
+
+    lock = commands.add_parser(
+        "publish-lock",
+        help="take the publishing lock",
+        description="Take the publishing lock and print its token, waiting up to --wait seconds for another "
+        "publish to end. Take it before reading what the publish depends on (the record of failed servers) and "
+        "pass the token to publish; publish-commit or publish-abort releases it.",
+    )
+    lock.add_argument("--state-dir", required=True, help="the publisher's state directory")
+    lock.add_argument("--wait", type=float, default=0.0, help="seconds to wait (default 0: stop at once)")
 
     for name, text in (
         ("publish-commit", "every copy of the pending document is out: it becomes the published one"),
@@ -143,7 +161,6 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--since", required=True, type=_parse_date, help="start of the window (ISO 8601)")
     rerun.add_argument("--until", type=_parse_date, help="end of the window, exclusive (default: now)")
     rerun.add_argument("--dry-run", action="store_true", help="clear nothing")
-    return parser
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -199,6 +216,7 @@ def _publish(args: argparse.Namespace) -> int:
         wait=args.wait,
         now=now,
         baseline=baseline,
+        token=args.lock_token,
     )
     serial = text.split("serial: ", 1)[1].split("\n", 1)[0]
     verb = "would issue" if args.check else "issued"
@@ -211,6 +229,11 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"  {line}")
     if not args.check and args.out:
         _write(args.out, text)
+    return EXIT_OK
+
+
+def _publish_lock(args: argparse.Namespace) -> int:
+    print(Publisher(Path(args.state_dir)).acquire(wait=args.wait))
     return EXIT_OK
 
 
@@ -328,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "decide": _decide,
         "show": _show,
         "publish": _publish,
+        "publish-lock": _publish_lock,
         "publish-commit": _publish_commit,
         "publish-abort": _publish_abort,
         "renew": _renew,

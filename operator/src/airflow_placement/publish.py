@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import secrets
 import socket
 import tempfile
 import time
@@ -345,7 +346,48 @@ class Publisher:
             return None
         except (OSError, ValueError):
             return f"an unreadable {self.publishing_path}"
-        return f"serial {info.get('serial')} by pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+        what = f"serial {info['serial']}" if info.get("serial") else "no serial issued yet"
+        return f"{what}, by pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+
+    def acquire(self, *, wait: float = 0.0, now: datetime | None = None) -> str:
+        """Take the publishing lock (waiting up to ``wait`` seconds for another publish to end); return its token.
+
+        Take it before reading anything a publish depends on (the inventory's record of failed servers), and keep
+        it until that record is written: :meth:`begin` with the token, then :meth:`commit` or :meth:`abort`.
+
+        :raises PublishError: when another publish is still under way after ``wait`` seconds.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            with self._locked():
+                holder = self.holder()
+                if holder is None:
+                    token = secrets.token_hex(8)
+                    self._write_holder(token, None, now or datetime.now(UTC))
+                    return token
+            if time.monotonic() >= deadline:
+                raise PublishError(
+                    f"another publish is under way ({holder}); it ends with publish-commit or publish-abort. If that "
+                    f"run is gone, run: airflow-placement publish-abort --state-dir {self.dir}"
+                )
+            time.sleep(0.5)
+
+    def _write_holder(self, token: str, serial: int | None, now: datetime) -> None:
+        info = {
+            "token": token,
+            "serial": serial,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": _format(now),
+        }
+        _replace(self.publishing_path, json.dumps(info))
+
+    def _token(self) -> str | None:
+        try:
+            token = json.loads(self.publishing_path.read_text(encoding="utf-8")).get("token")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return token if isinstance(token, str) else None
 
     def begin(
         self,
@@ -358,29 +400,39 @@ class Publisher:
         wait: float = 0.0,
         now: datetime | None = None,
         baseline: Placement | None = None,
+        token: str | None = None,
     ) -> tuple[str, Plan]:
-        """Plan the next document and, unless ``check``, take the publishing lock and issue it as pending.
+        """Plan the next document and, unless ``check``, issue it as pending under the publishing lock.
 
         :param baseline: what the servers hold when this publisher has published nothing yet (e.g. a document
             published by other means): changes from it are scheduled like any other.
-
+        :param token: the lock taken with :meth:`acquire`; without one the lock is taken here (``wait``).
         :returns: the document's text and the plan.
-        :raises PublishError: when another publish is under way (after ``wait`` seconds), or the plan is refused.
+        :raises PublishError: when the lock is held by another publish, or the plan is refused.
         """
-        deadline = time.monotonic() + wait
-        while True:
+        now = now or datetime.now(UTC)
+        if check:
             with self._locked():
-                holder = self.holder()
-                if holder is None or check:
-                    return self._issue(
-                        desired, lead=lead, failed=failed, since=since, check=check, now=now, baseline=baseline
-                    )
-            if time.monotonic() >= deadline:
-                raise PublishError(
-                    f"another publish is under way ({holder}); it ends with publish-commit or publish-abort. If that "
-                    f"run is gone, run: airflow-placement publish-abort --state-dir {self.dir}"
+                return self._issue(
+                    desired, lead=lead, failed=failed, since=since, check=True, now=now, baseline=baseline
                 )
-            time.sleep(0.5)
+        if token is None:
+            token = self.acquire(wait=wait, now=now)
+        with self._locked():
+            if self._token() != token:
+                raise PublishError(
+                    f"this run does not hold the publishing lock ({self.holder() or 'nobody does'}); take it with "
+                    "publish-lock first"
+                )
+            try:
+                return self._issue(
+                    desired, lead=lead, failed=failed, since=since, check=False, now=now, baseline=baseline, token=token
+                )
+            except Exception:
+                if self.pending_path.exists():
+                    raise
+                self.publishing_path.unlink(missing_ok=True)  # nothing was issued: the lock goes with the attempt
+                raise
 
     def _issue(
         self,
@@ -390,10 +442,10 @@ class Publisher:
         failed: str | None,
         since: datetime | None,
         check: bool,
-        now: datetime | None,
+        now: datetime,
         baseline: Placement | None,
+        token: str | None = None,
     ) -> tuple[str, Plan]:
-        now = now or datetime.now(UTC)
         published = self.published() or baseline
         the_plan = plan(published, desired, now=now, lead=lead, failed=failed, since=since)
         if the_plan.problems:
@@ -405,12 +457,10 @@ class Publisher:
         parse_document(text, origin="the new document")  # never issue what a server would refuse
         if check:
             return text, the_plan
+        assert token is not None
         _replace(self.serial_path, f"{serial}\n")
         _replace(self.pending_path, text)
-        _replace(
-            self.publishing_path,
-            json.dumps({"serial": serial, "pid": os.getpid(), "host": socket.gethostname(), "since": _format(now)}),
-        )
+        self._write_holder(token, serial, now)
         return text, the_plan
 
     def commit(self) -> int:

@@ -20,9 +20,9 @@ def iso(moment: float) -> str:
 
 def with_meta(serial: int, issued: float, renewed: float | None = None, body: bytes = GOOD) -> bytes:
     """``body`` with an ``@meta`` block in front, as a publisher writes it."""
-    lines = ['"@meta":', f"  serial: {serial}", f"  issued: {iso(issued)}"]
+    lines = ['"@meta":', f"  serial: {serial}", f'  issued: "{iso(issued)}"']
     if renewed is not None:
-        lines.append(f"  renewed: {iso(renewed)}")
+        lines.append(f'  renewed: "{iso(renewed)}"')
     return "\n".join(lines).encode() + b"\n" + body
 
 

@@ -70,6 +70,47 @@ def test_the_run_date_must_carry_an_offset() -> None:
         decide(DOCUMENT, dag_id="dag_1", task_id=None, host="server-1.tld", when=datetime(2026, 12, 1))
 
 
+# --- A handover that has not taken effect yet -------------------------------------------------------------------------
+
+HOUR = timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "task_id", "when", "now", "runner"),
+    [
+        ("reports", None, T0 + HOUR, T0 - HOUR, None),  # dated after the pending handover: nobody
+        ("reports", None, T0, T0 - HOUR, None),  # dated at it
+        ("reports", None, T0 + HOUR, T0 - timedelta(microseconds=1), None),
+        ("reports", None, T0 - timedelta(minutes=30), T0 - HOUR, "server-1.tld"),  # in the future, before it
+        ("reports", None, T0 + HOUR, T0, "server-2.tld"),  # the handover has taken effect
+        ("reports", None, T0 + 2 * HOUR, T0 + HOUR, "server-2.tld"),
+        ("reports", None, T0 - HOUR, T0 + HOUR, "server-1.tld"),  # a past run keeps its owner
+        ("reports", None, T0 + HOUR, T0 + HOUR, "server-2.tld"),  # dated now
+        ("reports", "publish", T0 + HOUR, T0 - HOUR, "server-3.tld"),  # the override has no handover
+        ("dag_1", None, T0 + 24 * HOUR, T0 - HOUR, "server-1.tld"),  # nor has this entry
+        ("reports", None, T0 + HOUR, None, "server-2.tld"),  # without now: by the run's date alone
+    ],
+)
+def test_a_run_dated_after_a_pending_handover_runs_nowhere(
+    dag_id: str, task_id: str | None, when: datetime, now: datetime | None, runner: str | None
+) -> None:
+    decisions = [
+        decide(DOCUMENT, dag_id=dag_id, task_id=task_id, host=host, when=when, now=now)
+        for host in ("server-1.tld", "server-2.tld", "server-3.tld")
+    ]
+    assert [d.host for d in decisions if d.run] == ([runner] if runner else [])
+    if runner is None:
+        assert {d.owner for d in decisions} == {"server-2.tld"}
+        assert all("after the handover to server-2.tld at 2026-12-01T06:00:00+00:00" in d.reason for d in decisions)
+        assert all("has not taken effect yet" in d.reason for d in decisions)
+
+
+def test_the_time_of_the_decision_may_carry_any_offset() -> None:
+    now = (T0 - HOUR).astimezone(timezone(timedelta(hours=-5)))
+    decision = decide(DOCUMENT, dag_id="reports", task_id=None, host="server-2.tld", when=T0 + HOUR, now=now)
+    assert decision.decision == "skip"
+
+
 # --- The invariant ---------------------------------------------------------------------------------------------------
 
 HOSTS = ["server-1.tld", "server-2.tld", "server-3.tld", "server-4.tld"]
@@ -143,3 +184,54 @@ def test_at_most_one_server_runs_each_task_of_each_run(
     else:
         assert runners == []
     assert all(d.entry == decisions[0].entry for d in decisions)
+
+
+# --- Two versions of a document: at most one server runs a run, whichever version each holds ------------------------
+
+
+@st.composite
+def _versions(draw: st.DrawFn) -> tuple[str, str, datetime]:
+    """An old and a new version of a document that agree on who owns what before ``cut``, and ``cut``.
+
+    This is what publishing a change the lease ahead gives: the new version only changes handovers from ``cut`` on,
+    and every copy of the old one has expired by then, so servers hold either version only before ``cut``.
+    """
+    cut = draw(st.sampled_from(TIMES))
+    earlier, later = [t for t in TIMES if t < cut], [t for t in TIMES if t >= cut]
+
+    def handovers(times: list[datetime]) -> list[dict[str, str]]:
+        chosen = sorted(draw(st.lists(st.sampled_from(times), unique=True, max_size=2))) if times else []
+        return [{"at": at.isoformat(), "owner": draw(st.sampled_from(HOSTS))} for at in chosen]
+
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    for key in draw(st.lists(st.sampled_from(DAG_IDS + PATTERNS), unique=True, min_size=1, max_size=4)):
+        owner, agreed = draw(st.sampled_from(HOSTS)), handovers(earlier)
+        for version in (old, new):
+            schedule = agreed + handovers(later)
+            version[key] = {"owner": owner, "handover": schedule} if schedule else owner
+    return json.dumps(old), json.dumps(new), cut
+
+
+HALF_HOURS = [t + timedelta(minutes=30 * n) for t in TIMES for n in (-1, 0, 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    versions=_versions(),
+    holds_new=st.lists(st.booleans(), min_size=len(HOSTS), max_size=len(HOSTS)),
+    dag_id=st.sampled_from([*DAG_IDS, "unmatched_id"]),
+    when=st.sampled_from(HALF_HOURS),
+    before_cut=st.sampled_from([timedelta(microseconds=1), timedelta(minutes=30), 3 * HOUR]),
+)
+def test_servers_holding_either_version_never_both_run(
+    versions: tuple[str, str, datetime], holds_new: list[bool], dag_id: str, when: datetime, before_cut: timedelta
+) -> None:
+    old_text, new_text, cut = versions
+    old, new = parse_document(old_text), parse_document(new_text)
+    now = cut - before_cut
+    decisions = [
+        decide(new if newer else old, dag_id=dag_id, task_id=None, host=host, when=when, now=now)
+        for host, newer in zip(HOSTS, holds_new, strict=True)
+    ]
+    assert len([d for d in decisions if d.run]) <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import fastjsonschema
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from airflow_placement.document import (
     DEFAULT_MAX_BYTES,
     DocumentError,
+    Meta,
     _fast_validator,
     _validator,
     normalize_host,
@@ -151,6 +153,14 @@ def test_host_names_compare_as_dns_names(written: str, normal: str) -> None:
 
 # --- Rejections ------------------------------------------------------------------------------------------------------
 
+
+def _meta(serial: str | None, *more: str) -> str:
+    """One DAG after an ``@meta`` of ``serial`` (line 2), an issue time at T0 (line 3) and ``more`` (line 4 on)."""
+    fields = [serial] if serial else []
+    fields += ['issued: "2026-12-01T06:00:00Z"', *more]
+    return '"@meta":\n' + "".join(f"  {field}\n" for field in fields) + "d: a\n"
+
+
 REJECTIONS = [
     # (name, document, line, words the message must contain)
     ("a list", "- dag_1\n- dag_2\n", 1, "must be a mapping of DAG id to owner, not a list"),
@@ -216,6 +226,33 @@ REJECTIONS = [
     ("task id with star", "d:\n  owner: a\n  tasks:\n    't*': b\n", 4, "'t*' is not a valid task id"),
     ("complex key", "? [a, b]\n: c\n", 1, "mapping keys must be plain strings"),
     ("too deep", "d:\n  owner: a\n  tasks:\n    t:\n      owner: [[[[[[[[a]]]]]]]]\n", 5, "nested more than"),
+    ("serial 0", _meta("serial: 0"), 2, "@meta.serial: 0 is less than the minimum of 1"),
+    ("serial negative", _meta("serial: -5"), 2, "less than the minimum of 1"),
+    ("serial a string", _meta('serial: "5"'), 2, "@meta.serial: expected integer, got a string"),
+    ("serial a fraction", _meta("serial: 5.5"), 2, "@meta.serial: expected integer, got a number"),
+    ("serial a boolean", _meta("serial: yes"), 2, "@meta.serial: expected integer, got a boolean"),
+    ("serial too big", _meta(f"serial: {2**53}"), 2, "greater than the maximum of 9007199254740991"),
+    ("no serial", _meta(None), 1, "@meta: missing required key 'serial'"),
+    ("no issued", '"@meta":\n  serial: 5\nd: a\n', 1, "@meta: missing required key 'issued'"),
+    ("meta unknown key", _meta("serial: 5", "signature: abc"), 4, "@meta: unknown key 'signature' (allowed: serial,"),
+    ("renewed before issued", _meta("serial: 5", 'renewed: "2026-12-01T05:59:59Z"'), 4, "renewed: earlier than issued"),
+    (
+        "renewed before issued, by offsets",
+        _meta("serial: 5", 'renewed: "2026-12-01T06:59:59+01:00"'),
+        4,
+        "@meta.renewed: earlier than issued",
+    ),
+    ("issued no date", _meta("serial: 5").replace("2026-12-01", "2026-02-30"), 3, "@meta.issued: '2026-02-30T06:"),
+    ("renewed no date", _meta("serial: 5", "renewed: 2026-12-01T25:00:00Z"), 4, "@meta.renewed: '2026-12-01T25:"),
+    ("issued naive", _meta("serial: 5").replace("06:00:00Z", "06:00:00"), 3, "@meta.issued: '2026-12-01T06:00:00' is"),
+    ("meta a number", '"@meta": 5\nd: a\n', 1, "@meta: expected a mapping, got a number"),
+    ("meta empty", '"@meta":\nd: a\n', 1, "@meta: expected a mapping, got nothing (null)"),
+    ("meta as a DAG", 'd: a\n"@meta": server-1.tld\n', 2, "@meta: expected a mapping, got a string"),
+    ("meta twice", _meta("serial: 5") + '"@meta": {serial: 6}\n', 5, "duplicate key '@meta' (first defined on line 1)"),
+    ("another @ key", 'd: a\n"@other": b\n', 2, "'@other' is not a valid DAG id or pattern"),
+    ("meta in capitals", '"@Meta": b\n', 1, "'@Meta' is not a valid DAG id or pattern"),
+    ("an @ pattern", '"@*": b\n', 1, "'@*' is not a valid DAG id or pattern"),
+    ("meta as a task", 'd:\n  owner: a\n  tasks:\n    "@meta": b\n', 4, "'@meta' is not a valid task id"),
 ]
 
 
@@ -262,6 +299,90 @@ def test_revision_identifies_the_body() -> None:
     assert len(one) == 12
 
 
+# --- @meta: the publisher's serial and times -------------------------------------------------------------------------
+
+META = """\
+"@meta":
+  serial: 5
+  issued: "2026-12-01T06:00:00Z"
+  renewed: 2026-12-01T08:30:00+02:00
+dag_1: server-1.tld
+"*": server-2.tld
+"""
+
+
+def test_meta_is_parsed_and_is_no_entry() -> None:
+    placement = parse_document(META)
+    renewed = datetime(2026, 12, 1, 6, 30, tzinfo=UTC)
+    assert placement.meta == Meta(5, T0, renewed)
+    assert placement.meta.vouched == renewed  # the offset is honoured
+    assert [(e.key, e.line) for e in placement.entries] == [("dag_1", 5), ("*", 6)]
+    assert placement.hosts() == {"server-1.tld", "server-2.tld"}
+
+
+def test_without_a_renewal_the_issue_vouches() -> None:
+    meta = parse_document(_meta("serial: 1")).meta
+    assert meta is not None
+    assert (meta, meta.vouched) == (Meta(1, T0), T0)
+
+
+def test_without_meta_a_document_has_none() -> None:
+    assert parse_document("dag_1: server-1.tld\n").meta is None
+
+
+def test_a_document_of_meta_alone_owns_nothing() -> None:
+    placement = parse_document('"@meta": {serial: 3, issued: "2026-12-01T06:00:00Z"}\n')
+    assert (placement.entries, placement.entry_for("dag_1")) == ((), None)
+    assert placement.meta == Meta(3, T0)
+
+
+def renewed_at(text: str, when: str) -> str:
+    return text.replace("2026-12-01T08:30:00+02:00", when)
+
+
+FLOW_META = """\
+"@meta": {serial: 5, issued: "2026-12-01T06:00:00Z", renewed: "2026-12-02T00:00:00Z"}
+dag_1: server-1.tld
+"*": server-2.tld
+"""
+
+
+@pytest.mark.parametrize(
+    ("other", "same"),
+    [
+        (renewed_at(META, "2026-12-01T09:00:00+02:00"), True),
+        (renewed_at(META, '"2026-12-24T00:00:00Z"'), True),
+        (FLOW_META, True),  # the layout is not the content
+        ("# published by hand\n" + META.replace("dag_1:", "\ndag_1:"), True),
+        (_meta("serial: 5", "renewed: 2026-12-01T06:05:00Z"), False),
+        (META.replace("serial: 5", "serial: 6"), False),
+        (META.replace('issued: "2026-12-01T06:00:00Z"', 'issued: "2026-12-01T06:00:01Z"'), False),
+        (META.replace("dag_1: server-1.tld", "dag_1: server-3.tld"), False),
+        (META.replace('dag_1: server-1.tld\n"*": server-2.tld', '"*": server-2.tld\ndag_1: server-1.tld'), False),
+    ],
+    ids=[
+        "renewed later",
+        "renewed, quoted",
+        "flow style",
+        "a comment and a blank line",
+        "another document",
+        "another serial",
+        "another issue",
+        "another owner",
+        "entries in another order",
+    ],
+)
+def test_the_revision_ignores_the_renewal_and_the_layout(other: str, same: bool) -> None:
+    assert (parse_document(other).revision == parse_document(META).revision) == same
+
+
+def test_the_first_renewal_keeps_the_revision() -> None:
+    """A copy issued without ``renewed`` (the key is optional) and its first renewal are the same content."""
+    issued = _meta("serial: 5")
+    first_renewal = _meta("serial: 5", 'renewed: "2026-12-01T06:05:00Z"')
+    assert parse_document(first_renewal).revision == parse_document(issued).revision
+
+
 # --- The two validators agree ----------------------------------------------------------------------------------------
 
 
@@ -286,7 +407,8 @@ _bad_hosts = st.one_of(
 _hosts = st.one_of(_good_hosts, _good_hosts, _good_hosts, _bad_hosts)
 _good_keys = st.sampled_from(["dag", "etl_*", "*", "a.b", "[ab]x", "!", "t-1"])
 _bad_keys = st.one_of(
-    st.sampled_from(["", "a b", "d\n", "x" * 251, "a/b"]), st.text(alphabet="ab*?[]!._- \n/", max_size=5)
+    st.sampled_from(["", "a b", "d\n", "x" * 251, "a/b", "@meta", "@other"]),
+    st.text(alphabet="ab*?[]!._- \n/@", max_size=5),
 )
 _keys = st.one_of(_good_keys, _good_keys, _good_keys, _bad_keys)
 _good_times = st.sampled_from(["2026-12-01T06:00:00Z", "2026-12-01 06:00+0100", "2026-12-01T06:00:00.5-05:00"])
@@ -315,13 +437,35 @@ _entry = st.one_of(
         },
     ),
 )
-_documents = st.one_of(st.dictionaries(_keys, _entry, max_size=4), _scalars, st.lists(_hosts, max_size=2))
+_serials = st.one_of(st.integers(min_value=-1, max_value=2**53 + 1), st.sampled_from([True, 5.0, 5.5, "5", None]))
+_meta_spec = st.one_of(
+    st.fixed_dictionaries({"serial": _serials, "issued": _times}, optional={"renewed": _times, "x": st.none()}),
+    st.dictionaries(st.sampled_from(["serial", "issued", "renewed"]), st.one_of(_serials, _times), max_size=3),
+    _scalars,
+)
+_entries = st.dictionaries(_keys, _entry, max_size=4)
+_documents = st.one_of(
+    _entries,
+    st.builds(lambda meta, entries: {"@meta": meta, **entries}, _meta_spec, _entries),
+    _scalars,
+    st.lists(_hosts, max_size=2),
+)
 
 
 @settings(max_examples=400, deadline=None)
 @given(_documents)
 def test_fastjsonschema_and_jsonschema_agree(data: object) -> None:
     assert _accepts_fast(data) == _accepts_reference(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_documents)
+def test_any_document_is_parsed_or_rejected_with_a_line(data: object) -> None:
+    """JSON is YAML: whatever the schema lets through, the model is built or a DocumentError says why."""
+    try:
+        parse_document(json.dumps(data))
+    except DocumentError as error:
+        assert error.problems
 
 
 @pytest.mark.parametrize(

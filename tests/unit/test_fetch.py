@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ def owner(loaded: Loaded, dag_id: str = "dag_1") -> str:
 def load(settings: FetchSettings, clock: Clock) -> Loaded:
     """What one task process on the server gets: each task makes a cache object of its own."""
     return load_placement(settings, clock, clock.stack_started)
+
+
+# A known bug, reported: fetch.py asks conditionally only when the entry holds a body, and since the store keeps the
+# body apart, an entry read from the store never does. Remove the mark where the bug is fixed (strict: it will say so).
 
 
 @pytest.fixture
@@ -118,7 +123,7 @@ def test_a_weak_etag_is_never_sent(server: DocumentServer, settings: FetchSettin
     clock.advance(TTL)
     assert owner(cache.load()) == "server-3.tld"
     assert server.statuses == [200, 200]
-    assert not any("If-None-Match" in headers for headers in server.requests)
+    assert not any("If-None-Match" in headers or "If-Modified-Since" in headers for headers in server.requests)
 
 
 def test_a_304_to_an_unconditional_request_is_a_failure(
@@ -188,7 +193,7 @@ def test_a_bad_answer_keeps_the_last_good_copy(
     assert (loaded.origin, owner(loaded)) == ("fallback", "server-1.tld")
     assert loaded.note is not None
     assert why in loaded.note
-    entry = cache.read()
+    entry = cache.store.read(with_body=True)
     assert entry is not None
     assert entry.body == GOOD.decode()  # never the bad answer
     assert entry.failure is not None
@@ -312,28 +317,30 @@ def test_concurrent_processes_on_a_cold_cache_make_one_request(server: DocumentS
     assert server.count == 1
 
 
-def _read_repeatedly(settings: FetchSettings, reads: int, results: Any) -> None:
-    cache = PlacementCache(settings)
-    misses = 0
-    for _ in range(reads):
-        entry = cache.read()
-        if entry is None or entry.body is None or not entry.body.startswith("dag_1:"):
+BODIES = [GOOD.decode() + "".join(f"dag_{i}_{n}: server-{n}.tld\n" for i in range(2000)) for n in (1, 2)]
+
+
+def _read_repeatedly(settings: FetchSettings, seconds: float, results: Any) -> None:
+    store = PlacementCache(settings).store
+    misses, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        entry = store.read(with_body=True)
+        if entry is None or entry.body not in BODIES:
             misses += 1
     results.put(misses)
 
 
 def test_readers_never_see_a_half_written_cache_file(settings: FetchSettings) -> None:
-    cache = PlacementCache(settings)
-    bodies = [GOOD.decode() + "".join(f"dag_{i}_{n}: server-{n}.tld\n" for i in range(2000)) for n in (1, 2)]
-    cache.store.write(CacheEntry(settings.source, body=bodies[0], checked_at=1.0))
+    store = PlacementCache(settings).store
+    store.write(CacheEntry(settings.source, body=BODIES[0], revision="r0", checked_at=1.0))
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    readers = [context.Process(target=_read_repeatedly, args=(settings, 200, results)) for _ in range(3)]
+    readers = [context.Process(target=_read_repeatedly, args=(settings, 0.3, results)) for _ in range(3)]
     for reader in readers:
         reader.start()
     writes, deadline = 0, time.monotonic() + 20
     while any(reader.is_alive() for reader in readers) and time.monotonic() < deadline:
-        cache.store.write(CacheEntry(settings.source, body=bodies[writes % 2], checked_at=float(writes)))
+        store.write(CacheEntry(settings.source, body=BODIES[writes % 2], revision=f"r{writes % 2}", checked_at=writes))
         writes += 1
     misses = [results.get(timeout=10) for _ in readers]
     for reader in readers:
@@ -342,47 +349,24 @@ def test_readers_never_see_a_half_written_cache_file(settings: FetchSettings) ->
     assert misses == [0, 0, 0]
 
 
-_NAN_LEASE = '{"source": "SOURCE", "body": "dag_1: server-9.tld\\n", "vouched_at": NaN, "checked_at": NOW}'
-_NUMBER_ETAG = '{"source": "SOURCE", "body": "dag_1: server-9.tld\\n", "etag": 5}'
+CORRUPT_CACHE_FILES = {
+    "empty": "",
+    "truncated": "{",
+    "list": "[]",
+    "null": "null",
+    "unknown key": json.dumps({"source": "SOURCE", "unexpected": 1}),
+    "wrong types": json.dumps({"source": "SOURCE", "revision": "r1", "serial": "5", "checked_at": "NOW"}),
+    "other source": json.dumps({"source": "elsewhere", "revision": "r1", "checked_at": "NOW", "vouched_at": "NOW"}),
+    "unknown clock": json.dumps({"source": "SOURCE", "revision": "r1", "vouched_clock": "sundial"}),
+    "the form before leases": json.dumps({"source": "SOURCE", "body": "dag_1: server-9.tld\n", "confirmed_at": "NOW"}),
+    "a revision without its copy": json.dumps(
+        {"source": "SOURCE", "revision": "r1", "etag": '"r1"', "checked_at": "NOW", "vouched_at": "NOW"}
+    ),
+    "a number for an etag": json.dumps({"source": "SOURCE", "revision": "r1", "etag": 5}),
+}
 
 
-@pytest.mark.parametrize(
-    "content",
-    [
-        "",
-        "{",
-        "[]",
-        "null",
-        json.dumps({"source": "x", "unexpected": 1}),
-        json.dumps({"source": "SOURCE", "body": 5, "checked_at": "NOW"}),
-        json.dumps({"source": "SOURCE", "body": "- not\n- a document\n", "checked_at": "NOW"}),
-        json.dumps({"source": "elsewhere", "body": "dag_1: server-9.tld\n", "checked_at": "NOW"}),
-        json.dumps({"source": "SOURCE", "body": "dag_1: server-9.tld\n", "vouched_clock": "sundial"}),
-        json.dumps({"source": "SOURCE", "body": "dag_1: server-9.tld\n", "confirmed_at": "NOW"}),
-        pytest.param(
-            _NAN_LEASE,
-            marks=pytest.mark.xfail(strict=True, reason="store.py accepts a NaN time, and NaN is never stale"),
-            id="NaN vouched_at",
-        ),
-        pytest.param(
-            _NUMBER_ETAG,
-            marks=pytest.mark.xfail(strict=True, raises=AttributeError, reason="store.py does not check etag's type"),
-            id="number etag",
-        ),
-    ],
-    ids=[
-        "empty",
-        "truncated",
-        "list",
-        "null",
-        "unknown key",
-        "wrong types",
-        "invalid body",
-        "other source",
-        "unknown clock",
-        "the form before leases",
-    ],
-)
+@pytest.mark.parametrize("content", list(CORRUPT_CACHE_FILES.values()), ids=list(CORRUPT_CACHE_FILES))
 def test_a_corrupt_cache_file_is_ignored(
     server: DocumentServer, settings: FetchSettings, clock: Clock, content: str
 ) -> None:
@@ -391,6 +375,42 @@ def test_a_corrupt_cache_file_is_ignored(
     cache.path.write_text(content.replace('"SOURCE"', json.dumps(settings.source)).replace('"NOW"', str(clock.now)))
     loaded = cache.load()
     assert (loaded.origin, owner(loaded), server.count) == ("source", "server-1.tld", 1)
+
+
+def test_a_cache_file_with_a_nan_time_is_not_trusted(
+    server: DocumentServer, settings: FetchSettings, clock: Clock
+) -> None:
+    cache = PlacementCache(settings, clock, clock.stack_started)
+    cache.load()
+    cache.path.write_text(cache.path.read_text().replace(f'"vouched_at": {clock.now}', '"vouched_at": NaN'))
+    assert "NaN" in cache.path.read_text()
+    server.respond = lambda headers: Reply(503, b"down")
+    clock.advance(10 * MAX_STALENESS)
+    with pytest.raises(PlacementUnavailable):
+        cache.load()
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "deleted"])
+def test_a_damaged_snapshot_is_rebuilt_from_the_stored_copy(
+    server: DocumentServer, settings: FetchSettings, clock: Clock, damage: str
+) -> None:
+    cache = PlacementCache(settings, clock, clock.stack_started)
+    revision = cache.load().placement.revision
+    snapshot = cache.store.snapshot_path(revision)
+    if damage == "corrupt":
+        snapshot.write_bytes(b"not a database")
+    else:
+        snapshot.unlink()
+    clock.advance(1)
+    loaded = load(settings, clock)
+    assert (loaded.origin, owner(loaded), loaded.placement.revision) == ("cache", "server-1.tld", revision)
+    assert server.count == 1
+    server.respond = lambda headers: Reply(503, b"down")
+    cache.store.body_path.unlink()
+    snapshot.unlink(missing_ok=True)
+    clock.advance(TTL)
+    with pytest.raises(PlacementUnavailable, match=r"HTTP 503 .*; no earlier copy"):
+        load(settings, clock)
 
 
 # --- Serials never go back --------------------------------------------------------------------------------------------
@@ -406,7 +426,8 @@ ROLLBACKS = {
 def test_a_rollback_is_a_failure_of_the_source(
     server: DocumentServer, settings: FetchSettings, clock: Clock, make_document: Any, why: str
 ) -> None:
-    server.document, server.etag = with_meta(5, clock.now), '"s5"'
+    issued = clock.now
+    server.document, server.etag = with_meta(5, issued), '"s5"'
     cache = PlacementCache(settings, clock, clock.stack_started)
     assert owner(cache.load()) == "server-1.tld"
 
@@ -417,10 +438,9 @@ def test_a_rollback_is_a_failure_of_the_source(
     assert loaded.note is not None
     assert why in loaded.note
     assert "refused" in loaded.note
-    entry = cache.read()
+    entry = cache.store.read(with_body=True)
     assert entry is not None
-    assert (entry.serial, entry.etag, entry.body) == (5, '"s5"', with_meta(5, T0 := clock.now - TTL).decode())
-    assert T0  # the copy issued when it was served
+    assert (entry.serial, entry.etag, entry.body) == (5, '"s5"', with_meta(5, issued).decode())
 
     clock.advance(MAX_STALENESS)  # the lease runs out while the source keeps rolling back
     with pytest.raises(PlacementUnavailable, match=why):
@@ -428,7 +448,8 @@ def test_a_rollback_is_a_failure_of_the_source(
 
     server.document, server.etag = with_meta(6, clock.now, body=NEW), '"s6"'
     clock.advance(TTL)
-    assert (cache.load().origin, owner(cache.load())) == ("source", "server-3.tld")
+    loaded = cache.load()
+    assert (loaded.origin, owner(loaded)) == ("source", "server-3.tld")
 
 
 @pytest.mark.parametrize("lost", ["a new cache object", "the cache file deleted", "the cache file corrupt"])
@@ -455,8 +476,10 @@ def test_the_serial_floor_outlives_the_cache(
     else:
         with pytest.raises(PlacementUnavailable, match=r"served serial 4, older than serial 5.*; no earlier copy"):
             fresh.load()
-    entry = fresh.read()
-    assert entry is None or entry.body is None or entry.serial == 5
+    entry = fresh.store.read(with_body=True)
+    assert entry is not None
+    assert entry.serial != 4  # what the cache holds, if anything, is serial 5's
+    assert entry.body is None or "serial: 4" not in entry.body
     assert cache.store.floor_path.read_text() == "5\n"
 
 
@@ -505,8 +528,7 @@ def publish(settings: FetchSettings, document: bytes) -> None:
 
 
 def runs(loaded: Loaded, clock: Clock, host: str = "server-1.tld") -> bool:
-    from datetime import UTC, datetime  # noqa: PLC0415
-
+    """Whether ``host`` runs a run of dag_1 dated now, by ``loaded``."""
     now = datetime.fromtimestamp(clock.now, UTC)
     return decide(loaded.placement, dag_id="dag_1", task_id=None, host=host, when=now, now=now).run
 
@@ -541,7 +563,8 @@ def test_a_file_is_trusted_for_as_long_as_its_publisher_vouched(
 
 
 def test_reading_a_file_does_not_renew_its_lease(file_settings: FetchSettings, clock: Clock) -> None:
-    publish(file_settings, with_meta(5, clock.now - 10))
+    issued = clock.now - 10
+    publish(file_settings, with_meta(5, issued, renewed=issued))
     assert runs(load(file_settings, clock), clock)
     for _ in range(int((MAX_STALENESS - 10) // TTL)):
         clock.advance(TTL)
@@ -551,7 +574,7 @@ def test_reading_a_file_does_not_renew_its_lease(file_settings: FetchSettings, c
         load(file_settings, clock)
     assert file_settings.local_path.exists()
 
-    publish(file_settings, with_meta(5, clock.now - 3000, renewed=clock.now))  # the publisher renews it
+    publish(file_settings, with_meta(5, issued, renewed=clock.now))  # the publisher renews it
     loaded = load(file_settings, clock)
     assert (loaded.origin, loaded.age) == ("source", 0.0)
     assert runs(loaded, clock)
@@ -574,13 +597,13 @@ def test_a_renewal_keeps_the_revision_and_a_new_serial_brings_the_new_document(
     assert owner(load(file_settings, clock)) == "server-3.tld"
 
 
-@pytest.mark.xfail(strict=True, reason="document.py: adding the first 'renewed' line changes the revision")
 def test_the_first_renewal_of_a_file_is_accepted(file_settings: FetchSettings, clock: Clock) -> None:
     publish(file_settings, with_meta(5, clock.now))
     load(file_settings, clock)
     clock.advance(TTL)
     publish(file_settings, with_meta(5, clock.now - TTL, renewed=clock.now))
-    assert load(file_settings, clock).origin == "source"
+    loaded = load(file_settings, clock)
+    assert (loaded.origin, loaded.age, loaded.note) == ("source", 0.0, None)
 
 
 def test_a_file_without_meta_is_vouched_for_by_reading_it(file_settings: FetchSettings, clock: Clock) -> None:
@@ -642,7 +665,7 @@ def test_an_http_copy_from_before_a_restart_needs_a_fresh_answer(
     clock.restart()
     server.respond = lambda headers: Reply(503, b"down")
     clock.advance(1)  # well within the TTL of the copy, and of its lease
-    with pytest.raises(PlacementUnavailable, match="HTTP 503; the copy was confirmed 5 s before this server's stack"):
+    with pytest.raises(PlacementUnavailable, match=r"HTTP 503 .*; the copy was confirmed 5 s before this server"):
         load(settings, clock)
     assert server.count == 2  # asked, although the copy was checked within the TTL
     clock.advance(TTL - 1)
@@ -679,7 +702,7 @@ def test_a_file_renewed_before_a_restart_waits_for_a_renewal(file_settings: Fetc
     assert runs(load(file_settings, clock), clock)
     clock.advance(5)
     clock.restart()
-    with pytest.raises(PlacementUnavailable, match="before this server's stack started .*clock-skew margin of 60 s"):
+    with pytest.raises(PlacementUnavailable, match=r"stack started \(within the clock-skew margin of 60 s\)"):
         load(file_settings, clock)
 
     clock.advance(CLOCK_SKEW - 1)
@@ -738,18 +761,9 @@ def test_settings_are_checked(changes: dict[str, Any], words: str) -> None:
         ("clock_skew", "-inf"),
         ("timeout", "nan"),
         ("timeout", "inf"),
-        pytest.param(
-            "retries",
-            "nan",
-            marks=pytest.mark.xfail(strict=True, reason="settings.py: int(nan) fails without naming 'retries'"),
-        ),
-        pytest.param(
-            "retries",
-            "inf",
-            marks=pytest.mark.xfail(
-                strict=True, raises=OverflowError, reason="settings.py: int(inf) raises OverflowError"
-            ),
-        ),
+        ("retries", "nan"),
+        ("retries", "inf"),
+        ("retries", "2.7"),
     ],
 )
 def test_non_finite_settings_are_refused_by_name(key: str, value: str) -> None:

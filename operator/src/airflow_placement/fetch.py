@@ -173,20 +173,22 @@ class PlacementCache:
             max_bytes=settings.max_bytes,
             token_env=settings.token_env,
         )
+        try:
+            floor = self.store.floor()  # before any request: an unreadable floor accepts nothing
+        except SerialFloorError as exc:
+            raise PlacementUnavailable(str(exc)) from None
         requests_made = int(settings.is_http)
         try:
-            fetched = source.fetch(entry.etag if entry.body is not None else None)
+            fetched = source.fetch(entry.etag if entry.revision is not None else None)
             placement = body = None
             if fetched.status == 200:
                 placement = parse_document(fetched.body, origin=settings.source, max_bytes=settings.max_bytes)
                 body = fetched.body.decode("utf-8")
-            new = accept(entry, fetched, placement, body, now=now, floor=self.store.floor())
+            new = accept(entry, fetched, placement, body, now=now, floor=floor)
         except DocumentError as exc:
             return self._failed(entry, now, f"the source served an invalid document: {exc}", requests_made)
         except Rejected as exc:
             return self._failed(entry, now, str(exc), requests_made)
-        except SerialFloorError as exc:
-            raise PlacementUnavailable(str(exc)) from None
         except (OSError, requests.RequestException) as exc:
             return self._failed(entry, now, f"cannot read {settings.source}: {describe_error(exc)}", requests_made)
         if new.serial is not None:

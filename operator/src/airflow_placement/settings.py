@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,21 @@ def gate_settings(overrides: dict[str, Any], config: dict[str, str | None]) -> G
     def number(key: str, default: float) -> float:
         value = pick(key)
         try:
-            return default if value in (None, "") else float(value)
+            result = default if value in (None, "") else float(value)
         except ValueError:
             raise ValueError(f"[{SECTION}] {key} must be a number of seconds, not {value!r}") from None
+        if not math.isfinite(result):
+            raise ValueError(f"[{SECTION}] {key} must be a finite number of seconds, not {value!r}")
+        return result
+
+    def whole(key: str, default: int) -> int:
+        value = pick(key)
+        if value in (None, ""):
+            return default
+        text = str(value).strip()
+        if isinstance(value, bool) or not (text.isdigit() or (isinstance(value, int) and value >= 0)):
+            raise ValueError(f"[{SECTION}] {key} must be a whole number >= 0, not {value!r}")
+        return int(text)
 
     fetch = FetchSettings(
         source=str(pick("source") or ""),
@@ -63,7 +76,7 @@ def gate_settings(overrides: dict[str, Any], config: dict[str, str | None]) -> G
         max_staleness=number("max_staleness", 300.0),
         clock_skew=number("clock_skew", 60.0),
         timeout=number("timeout", 5.0),
-        retries=int(number("retries", 2)),
+        retries=whole("retries", 2),
         token_env=pick("token_env") or None,
         cache_dir=Path(pick("cache_dir") or DEFAULT_CACHE_DIR),
     )

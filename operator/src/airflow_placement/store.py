@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -75,12 +76,13 @@ class Store:
         except (OSError, ValueError, TypeError):
             return None
         numbers = (entry.vouched_at, entry.checked_at, entry.attempted_at)
+        texts = (entry.body, entry.etag, entry.revision, entry.failure)
         if not (
             entry.source == self.source
-            and isinstance(entry.body, str | None)
-            and isinstance(entry.serial, int | None)
+            and all(isinstance(text, str | None) for text in texts)
+            and (entry.serial is None or (isinstance(entry.serial, int) and not isinstance(entry.serial, bool)))
             and entry.vouched_clock in ("server", "publisher")
-            and all(isinstance(t, int | float) for t in numbers)
+            and all(isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in numbers)
         ):
             return None
         return entry

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Removes everything scripts/demo.sh created: the server containers and the work database (with everything running
+# Removes everything scripts/demo.sh created: the renewer of the placement document's lease (demo/renewer.sh, the
+# process group in .cache/demo/renewer.pid), the server containers and the work database (with everything running
 # inside them; they carry the label org.airflow-placement.demo), their volumes (named airflow-placement-demo-*),
-# the demo network (airflow-placement-demo), and the
-# demo's generated state in inventory/local (passwords, the rendered placement document, recorded failovers).
+# the demo network (airflow-placement-demo), and the demo's generated state in inventory/local (passwords, the
+# rendered placement documents, the publisher's state, recorded failovers).
 # Images and their archives stay, for the next run. Safe to run when nothing is there.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 start=$SECONDS
+pidfile=$repo/.cache/demo/renewer.pid
+if pid=$(cat "$pidfile" 2>/dev/null) && ps -o args= -p "$pid" 2>/dev/null | grep -q 'demo/renewer.sh'; then
+    echo "stopping the renewer: process group $pid"
+    # demo.sh started it with setsid: it leads its own process group (the loop and its ansible-playbook).
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+fi
+rm -f "$pidfile"
 mapfile -t containers < <(podman ps --all --filter "label=$label" --format '{{.Names}}')
 if [ "${#containers[@]}" -gt 0 ]; then
     echo "removing containers: ${containers[*]}"
@@ -30,5 +38,5 @@ if podman network exists "$network"; then
     echo "removing network: $network"
     podman network rm "$network" >/dev/null
 fi
-rm -rf "$inventory/.secrets" "$inventory/.rendered" "$inventory/group_vars/all/dag_placement_moves.yml"
+rm -rf "$inventory/.secrets" "$inventory/.rendered" "$inventory/.placement" "$inventory/group_vars/all/dag_placement_moves.yml"
 echo "demo removed in $((SECONDS - start))s"

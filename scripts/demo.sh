@@ -2,9 +2,10 @@
 # The local two-server demo, from a fresh clone on a fresh Debian 12/13 machine, as root:
 #
 #   scripts/demo.sh         set up this machine, build the images, start server-1 and server-2 (systemd containers
-#                           with nested Podman), provision both with ansible/site.yml from inventory/local, and
+#                           with nested Podman), provision both with ansible/site.yml from inventory/local, start
+#                           the renewer of the placement document's lease (demo/renewer.sh, in the background), and
 #                           print the Airflow UIs, where the admin passwords are, and the placement table
-#   scripts/demo-down.sh    remove everything the demo created
+#   scripts/demo-down.sh    stop the renewer and remove everything the demo created
 #
 # Safe to run again: running servers are reused, and a second run changes nothing on them. Steps print their time;
 # Ansible's output of each step goes to .cache/demo/<step>.log (DEMO_VERBOSE=1 shows it as it runs).
@@ -62,14 +63,43 @@ export ANSIBLE_FORCE_COLOR=0
 # The server containers' host keys are not a concern; nothing here uses SSH.
 export ANSIBLE_HOST_KEY_CHECKING=False
 
-step "Set up this machine: scripts/bootstrap.sh" scripts/bootstrap.sh
-step "Build the images: images/build.sh" images/build.sh "${images[@]}"
-step "Start the servers: demo/servers.yml" playbook servers.log demo/servers.yml
-step "Provision the servers: ansible/site.yml" playbook site.log ansible/site.yml
-
 inventory_var() {  # inventory_var HOST NAME: a variable of inventory/local, as the playbooks see it
     ansible-inventory -i "$inventory" --host "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
 }
+
+renewer_pid() {  # the pid of the running demo/renewer.sh (its own process group), or nothing
+    local pid
+    pid=$(cat "$logs/renewer.pid" 2>/dev/null) || return 1
+    ps -o args= -p "$pid" 2>/dev/null | grep -q 'demo/renewer.sh' && echo "$pid"
+}
+
+start_renewer() {  # file publishing needs renewals: demo/renewer.sh in the background; scripts/demo-down.sh stops it
+    local pid interval
+    if pid=$(renewer_pid); then
+        echo "    already running (pid $pid), log $logs/renewer.log"
+        return 0
+    fi
+    interval=$(inventory_var server-1 demo_renew_interval_seconds)
+    mkdir -p "$logs"
+    setsid demo/renewer.sh "$interval" </dev/null >/dev/null 2>&1 &
+    echo "$!" >"$logs/renewer.pid"
+    echo "    ansible/renew.yml every ${interval}s after the last one (pid $!), log $logs/renewer.log"
+}
+
+assemble_dags() {  # the demo's DAG folder: the examples (dags/) and the drill's fixtures (tests/drill/dags/)
+    local folder=$repo/.cache/demo/dags
+    rm -rf "$folder.new" && mkdir -p "$folder.new"
+    cp -p dags/*.py tests/drill/dags/*.py "$folder.new/"
+    rm -rf "$folder" && mv "$folder.new" "$folder"
+    echo "    $folder: $(ls "$folder" | tr '\n' ' ')"
+}
+
+step "Set up this machine: scripts/bootstrap.sh" scripts/bootstrap.sh
+step "Assemble the demo's DAG folder (inventory/local/group_vars/all/drill.yml)" assemble_dags
+step "Build the images: images/build.sh" images/build.sh "${images[@]}"
+step "Start the servers: demo/servers.yml" playbook servers.log demo/servers.yml
+step "Provision the servers: ansible/site.yml" playbook site.log ansible/site.yml
+step "Renew the placement document's lease: demo/renewer.sh" start_renewer
 
 health() {  # health PORT: the components' status from Airflow's health endpoint (waits up to 60 s for an answer)
     local answer="" _
@@ -94,7 +124,7 @@ summary() {
     printf '\nWork database shared by the servers'"'"' task containers (%s on the demo network):\n' "$(inventory_var server-1 demo_work_db_ip):5432"
     printf '  psql -h 127.0.0.1 -p %s -U %s %s    password: %s\n' "$(inventory_var server-1 demo_work_db_port)" \
         "$(inventory_var server-1 demo_work_db_user)" "$(inventory_var server-1 demo_work_db_name)" "$inventory/.secrets/work_db/password"
-    printf '\nPlacement (inventory/local/.rendered/airflow-dag-on-server.yaml, published to every server):\n'
+    printf '\nPlacement (inventory/local/.rendered/airflow-dag-on-server.yaml, published to every server, renewed by demo/renewer.sh):\n'
     airflow-placement show "$inventory/.rendered/airflow-dag-on-server.yaml" | sed 's/^/  /'
     printf '\nMove server-1'"'"'s DAGs to server-2: .venv/bin/ansible-playbook -i inventory/local ansible/failover.yml -e failed=server-1\n'
     printf 'Remove it all: scripts/demo-down.sh\n'

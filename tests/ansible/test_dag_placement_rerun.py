@@ -1,7 +1,7 @@
-"""``failover.yml -e failed=S -e force=true -e rerun_since=T`` against a throwaway inventory (tests in
-test_dag_placement_failover.py build it): the document part for real (the published documents, read back with the
-project's parser and decision), and the Airflow part against a stand-in for Airflow's REST API v2 on 127.0.0.1 that
-answers as Airflow 3.3 does and records what it is asked. The drill (tests/drill) re-runs for real on the demo."""
+"""``failover.yml -e failed=S -e force=true -e rerun_since=T`` against a throwaway inventory (placement_site.py): the
+document part for real (the published documents, read back with the project's parser and decision), and the Airflow
+part against a stand-in for Airflow's REST API v2 on 127.0.0.1 that answers as Airflow 3.3 does and records what it
+is asked. The drill (tests/drill) re-runs for real on the demo."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from test_dag_placement_failover import DOCUMENT, EARLY, Site, make_site
+from placement_site import EARLY, Site, make_site
 
 PASSWORD = "s3cret-for-the-test"
 TOKEN = "token-for-the-test"
@@ -127,23 +127,43 @@ def airflow() -> Iterator[FakeAirflow]:
     fake.server.shutdown()
 
 
-def _site(tmp_path: Path, airflow: FakeAirflow) -> Site:
-    site = make_site(
-        tmp_path,
-        group_vars={
-            "placement_ttl_seconds": 1,  # the role waits the successor's TTL before clearing
-            "dag_placement_api_url": airflow.url,
-            "dag_placement_api_password": PASSWORD,
-        },
-    )
-    assert site.play("placement.yml").returncode == 0
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    site = make_site(tmp_path_factory.mktemp("rerun-site"), group_vars={"placement_ttl_seconds": 1})
+    run = site.play("placement.yml")
+    assert run.returncode == 0, run.output
     return site
 
 
+def _site(tmp_path: Path, airflow: FakeAirflow, published: Site) -> Site:
+    """The published site, pointed at the stand-in; the role waits the successor's TTL (1 s) before clearing."""
+    site = published.copy_to(tmp_path)
+    site.group_vars.update({"dag_placement_api_url": airflow.url, "dag_placement_api_password": PASSWORD})
+    site.write()
+    return site
+
+
+def _expected(since: datetime) -> set[tuple[str, str, tuple[str, ...]]]:
+    """The skipped runs server-1 owned before the move: what must re-run on server-2."""
+    return {
+        ("etl_orders", f"scheduled__{(since + timedelta(minutes=2)).isoformat()}", ("extract", "load")),
+        ("billing", f"scheduled__{(since + timedelta(minutes=4)).isoformat()}", ("archive",)),
+        (
+            "anything_else",
+            f"scheduled__{(since + timedelta(minutes=6)).isoformat()}",
+            tuple(f"t{n:03}" for n in range(110)),
+        ),
+    }
+
+
+def _clears(airflow: FakeAirflow, dry_run: bool) -> set[tuple[str, str, tuple[str, ...]]]:
+    return {(dag, run_id, tuple(tasks)) for dag, run_id, tasks in airflow.clears(dry_run=dry_run)}
+
+
 def test_rerun_since_dates_the_forced_move_back_and_clears_only_what_the_dead_server_missed(
-    tmp_path: Path, airflow: FakeAirflow
+    tmp_path: Path, airflow: FakeAirflow, published: Site
 ) -> None:
-    site = _site(tmp_path, airflow)
+    site = _site(tmp_path, airflow, published)
     since = airflow.since
     run = site.play("failover.yml", "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={_iso(since)}")
     assert run.returncode == 0, run.output
@@ -156,22 +176,13 @@ def test_rerun_since_dates_the_forced_move_back_and_clears_only_what_the_dead_se
         assert site.owner(server, "billing", since, task="archive") == "server-2"
         assert site.owner(server, "billing", since, task="send_invoices") == "server-2"
         assert site.owner(server, "dashboard", since) == "server-3"
-    assert f"runs with logical date >= {_iso(since)} belong to server-2" in run.output
+    assert f"etl_orders: server-1 -> server-2 for runs dated from {_iso(since)} (forced)" in run.output
+    [move] = site.moves()
+    assert (move["failed"], move["to"], move["forced"], move["at"]) == ("server-1", "server-2", True, _iso(since))
 
     # Airflow: the dry run first, then exactly the same clear, for the skipped runs server-1 owned before the move.
-    expected = {
-        ("etl_orders", f"scheduled__{(since + timedelta(minutes=2)).isoformat()}", ("extract", "load")),
-        ("billing", f"scheduled__{(since + timedelta(minutes=4)).isoformat()}", ("archive",)),
-        (
-            "anything_else",
-            f"scheduled__{(since + timedelta(minutes=6)).isoformat()}",
-            tuple(f"t{n:03}" for n in range(110)),
-        ),
-    }
-    dry = {(dag, run_id, tuple(tasks)) for dag, run_id, tasks in airflow.clears(dry_run=True)}
-    cleared = {(dag, run_id, tuple(tasks)) for dag, run_id, tasks in airflow.clears(dry_run=False)}
-    assert dry == expected
-    assert cleared == expected
+    assert _clears(airflow, dry_run=True) == _expected(since)
+    assert _clears(airflow, dry_run=False) == _expected(since)
     first_clear = next(i for i, r in enumerate(airflow.requests) if r[2] and r[2].get("dry_run") is False)
     assert all(r[2]["dry_run"] for r in airflow.requests[:first_clear] if r[1].endswith("/clearTaskInstances"))
     assert all(
@@ -185,17 +196,20 @@ def test_rerun_since_dates_the_forced_move_back_and_clears_only_what_the_dead_se
     assert "etl_orders scheduled__" in run.output
 
 
-def test_rerun_in_check_mode_asks_airflow_but_clears_nothing(tmp_path: Path, airflow: FakeAirflow) -> None:
-    site = _site(tmp_path, airflow)
+def test_rerun_in_check_mode_asks_airflow_but_clears_nothing(
+    tmp_path: Path, airflow: FakeAirflow, published: Site
+) -> None:
+    site = _site(tmp_path, airflow, published)
     since = airflow.since
-    before = (site.publish_dir("server-2") / DOCUMENT).read_text()
+    before = site.files()
     run = site.play(
         "failover.yml", "--check", "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={_iso(since)}"
     )
     assert run.returncode == 0, run.output
-    assert airflow.clears(dry_run=True)
+    # What would re-run comes from the document airflow-placement would issue: the same runs as for real.
+    assert _clears(airflow, dry_run=True) == _expected(since)
     assert not airflow.clears(dry_run=False)
-    assert (site.publish_dir("server-2") / DOCUMENT).read_text() == before
+    assert site.files() == before
 
 
 @pytest.mark.parametrize(
@@ -208,15 +222,14 @@ def test_rerun_in_check_mode_asks_airflow_but_clears_nothing(tmp_path: Path, air
     ],
 )
 def test_a_bad_rerun_since_fails_fast_naming_the_variable_and_changes_nothing(
-    tmp_path: Path, airflow: FakeAirflow, extra: list[str], message: str
+    tmp_path: Path, airflow: FakeAirflow, published: Site, extra: list[str], message: str
 ) -> None:
-    site = _site(tmp_path, airflow)
-    before = (site.publish_dir("server-1") / DOCUMENT).read_text()
+    site = _site(tmp_path, airflow, published)
+    before = site.files()
     run = site.play("failover.yml", "-e", "failed=server-1", *extra)
     assert run.returncode != 0
     assert "dag_placement_rerun_since (rerun_since=" in run.output, run.output
     assert message in run.output, run.output
     assert run.seconds < 20
-    assert (site.publish_dir("server-1") / DOCUMENT).read_text() == before
-    assert not (site.path / "inventory" / "group_vars" / "all" / "dag_placement_moves.yml").exists()
+    assert site.files() == before
     assert not airflow.requests

@@ -1,4 +1,5 @@
-"""Shared by the drill DAGs (dags/drill_a.py, dags/drill_b.py); not a DAG itself.
+"""Shared by the drill DAGs (drill_a.py, drill_b.py); not a DAG itself. A test fixture: the local demo ships this
+folder to its servers beside the example DAGs (inventory/local/group_vars/all/drill.yml).
 
 Each task's container (the postgres image, for psql) inserts one row into ``drill_runs`` of the work database:
 the DAG, the run, its logical date, the task and the server (``HOST_HOSTNAME``). The work database's address,

@@ -1,6 +1,6 @@
 """The lease: when a copy of the placement document may be used to decide that this server runs something.
 
-The rules, each of which the simulation in ``tests/unit/test_guarantee_simulation.py`` shows to be needed:
+The rules (each tested on its own in ``tests/unit/test_lease.py``):
 
 1. **Vouched, not read.** A copy is trusted for at most ``max_staleness`` after its publisher last vouched for it.
    An HTTP source vouches by serving it (200, or 304 to a strong ETag), on this server's clock. A file vouches

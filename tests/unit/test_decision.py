@@ -105,6 +105,40 @@ def test_a_run_dated_after_a_pending_handover_runs_nowhere(
         assert all("has not taken effect yet" in d.reason for d in decisions)
 
 
+AWAY_AND_BACK = parse_document(
+    """
+dag_a:
+  owner: server-1.tld
+  handover:
+    - {at: "2026-12-01T06:00:00Z", owner: server-2.tld}
+    - {at: "2026-12-01T07:00:00Z", owner: server-1.tld}
+"""
+)
+
+
+@pytest.mark.parametrize("host", ["server-1.tld", "server-2.tld"])
+def test_a_run_dated_after_a_handover_away_and_back_runs_nowhere(host: str) -> None:
+    """The owner now and at the run's date are the same, but a server holding a copy from before the first handover
+    was published would run it too: nobody holding this copy runs it until the handovers take effect."""
+    decision = decide(AWAY_AND_BACK, dag_id="dag_a", task_id=None, host=host, when=T0 + 2 * HOUR, now=T0 - HOUR)
+    assert decision.decision == "skip"
+    assert "after the handover to server-2.tld at 2026-12-01T06:00:00+00:00" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("ahead", "runs"),
+    [(timedelta(seconds=299), True), (timedelta(seconds=300), False), (timedelta(days=400), False)],
+)
+def test_a_run_dated_beyond_the_horizon_runs_nowhere(ahead: timedelta, runs: bool) -> None:
+    horizon = timedelta(seconds=300)
+    now = T0 + 3 * HOUR
+    decision = decide(
+        DOCUMENT, dag_id="dag_1", task_id=None, host="server-1.tld", when=now + ahead, now=now, horizon=horizon
+    )
+    assert decision.run is runs
+    assert runs or "300 s or more ahead" in decision.reason
+
+
 def test_the_time_of_the_decision_may_carry_any_offset() -> None:
     now = (T0 - HOUR).astimezone(timezone(timedelta(hours=-5)))
     decision = decide(DOCUMENT, dag_id="reports", task_id=None, host="server-2.tld", when=T0 + HOUR, now=now)

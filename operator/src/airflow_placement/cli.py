@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +306,16 @@ def _decide(args: argparse.Namespace) -> int:
     loaded = load_placement(settings.fetch)
     now = datetime.now(UTC)
     when = args.logical_date or now
-    result = decide(loaded.placement, dag_id=args.dag_id, task_id=args.task_id, host=settings.host, when=when, now=now)
+    horizon = timedelta(seconds=settings.fetch.max_staleness)
+    result = decide(
+        loaded.placement,
+        dag_id=args.dag_id,
+        task_id=args.task_id,
+        host=settings.host,
+        when=when,
+        now=now,
+        horizon=horizon,
+    )
     meta = loaded.placement.meta
     output = {
         **result.as_json(),

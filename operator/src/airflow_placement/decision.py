@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from airflow_placement.document import PlacementView, normalize_host
@@ -43,6 +43,7 @@ def decide(
     host: str,
     when: datetime,
     now: datetime | None = None,
+    horizon: timedelta | None = None,
 ) -> Decision:
     """Decide whether ``host`` runs ``task_id`` of the run of ``dag_id`` whose logical date is ``when``.
 
@@ -57,6 +58,9 @@ def decide(
     :param now: the time of the decision. A run dated after a handover that has not yet taken effect by ``now`` is
         run by nobody holding this document: a server still holding the document before that handover was
         published may run it, and two servers must never both do so.
+    :param horizon: with ``now``: a run dated ``horizon`` or more after ``now`` is run by nobody. Give it the
+        maximum staleness: a handover published later is scheduled at least that far ahead of every server's clock,
+        so it can give a run dated within the horizon to no other server, but one dated beyond it, yes.
     """
     if when.tzinfo is None:
         raise ValueError(f"the run's date {when.isoformat()} has no UTC offset")
@@ -72,14 +76,24 @@ def decide(
         return result("skip", None, f"no entry or pattern in the document matches DAG {dag_id!r}")
     schedule, overridden = entry.schedule_for(task_id)
     owner = schedule.owner_at(when)
-    if now is not None and when > now and schedule.owner_at(now) != owner:
-        pending = next(h for h in schedule.handovers if now < h.at <= when)
-        return result(
-            "skip",
-            owner,
-            f"the run is dated {when.isoformat()}, after the handover to {pending.owner} at {pending.at.isoformat()} "
-            "that has not taken effect yet: trigger it with a logical date before the handover, or after it",
-        )
+    if now is not None and when > now:
+        pending = next((h for h in schedule.handovers if now < h.at <= when), None)
+        if pending is not None:
+            return result(
+                "skip",
+                owner,
+                f"the run is dated {when.isoformat()}, after the handover to {pending.owner} at "
+                f"{pending.at.isoformat()} that has not taken effect yet: trigger it with a logical date before the "
+                "handover, or after it",
+            )
+        if horizon is not None and when >= now + horizon:
+            return result(
+                "skip",
+                owner,
+                f"the run is dated {when.isoformat()}, {horizon.total_seconds():.0f} s or more ahead (the maximum "
+                "staleness): a handover published meanwhile could give it to another server; trigger it closer to "
+                "its date",
+            )
     source = f"task override in entry {entry.key!r}" if overridden else f"entry {entry.key!r}"
     if len(schedule.handovers) and when >= schedule.handovers[0].at:
         source += " after a scheduled handover"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
@@ -118,6 +118,7 @@ class GatedDockerOperator(DockerOperator):
             host=settings.host,
             when=run_date(context),
             now=datetime.now(UTC),
+            horizon=timedelta(seconds=settings.fetch.max_staleness),
         )
         meta = loaded.placement.meta
         self.log.info("%s", _log_line(decision, run_id, meta.serial if meta else None))

@@ -17,6 +17,8 @@ from airflow_placement.document import DocumentError, Placement, normalize_host
 from airflow_placement.fetch import PlacementUnavailable, load_placement, read_source
 from airflow_placement.publish import Publisher, PublishError
 from airflow_placement.rerun import Airflow, ApiError, describe, select
+from airflow_placement.serve import ServeError, serve_command, token_command
+from airflow_placement.serve import add_commands as add_serve_commands
 from airflow_placement.settings import KEYS, SECTION, gate_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("source", metavar="SRC", help="path or URL of the document")
 
     _add_publisher_commands(commands)
+    add_serve_commands(commands)
     return parser
 
 
@@ -365,10 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish-abort": _publish_abort,
         "renew": _renew,
         "rerun": _rerun,
+        "serve": serve_command,
+        "serve-token": token_command,
     }[args.command]
     try:
         return handler(args)
-    except (DocumentError, PlacementUnavailable, PublishError, ApiError, ValueError, OSError) as exc:
+    except (DocumentError, PlacementUnavailable, PublishError, ApiError, ServeError, ValueError, OSError) as exc:
         print(f"airflow-placement {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
 

@@ -234,7 +234,8 @@ REJECTIONS = [
     ("serial too big", _meta(f"serial: {2**53}"), 2, "greater than the maximum of 9007199254740991"),
     ("no serial", _meta(None), 1, "@meta: missing required key 'serial'"),
     ("no issued", '"@meta":\n  serial: 5\nd: a\n', 1, "@meta: missing required key 'issued'"),
-    ("meta unknown key", _meta("serial: 5", "signature: abc"), 4, "@meta: unknown key 'signature' (allowed: serial,"),
+    ("meta unknown key", _meta("serial: 5", "signer: abc"), 4, "@meta: unknown key 'signer' (allowed: serial,"),
+    ("meta bad signature", _meta("serial: 5", "signature: abc"), 4, "@meta.signature: not an Ed25519 signature"),
     ("renewed before issued", _meta("serial: 5", 'renewed: "2026-12-01T05:59:59Z"'), 4, "renewed: earlier than issued"),
     (
         "renewed before issued, by offsets",

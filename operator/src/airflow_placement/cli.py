@@ -20,6 +20,7 @@ from airflow_placement.rerun import Airflow, ApiError, describe, select
 from airflow_placement.serve import ServeError, serve_command, token_command
 from airflow_placement.serve import add_commands as add_serve_commands
 from airflow_placement.settings import KEYS, SECTION, gate_settings
+from airflow_placement.signing import load_public_key, load_signing_key, verify, write_key_pair
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--hosts", metavar="H1,H2,...", help="the servers that exist: reject owners that are not among them"
     )
+    check.add_argument("--public-key", help="the publisher's public key (base64): the document must be signed by it")
 
     decide_cmd = commands.add_parser(
         "decide",
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     decide_cmd.add_argument("--retries", type=int, help="retries of a failed request (2)")
     decide_cmd.add_argument("--token-env", help="environment variable holding a bearer token for the source")
     decide_cmd.add_argument("--cache-dir", help="the cache directory shared by this server's tasks")
+    decide_cmd.add_argument("--public-key", help="the publisher's public key: refuse documents it did not sign")
 
     show = commands.add_parser(
         "show",
@@ -116,6 +119,7 @@ def _add_publisher_commands(commands: Any) -> None:
         "--wait", type=float, default=0.0, help="seconds to wait for another publish to finish (default 0)"
     )
     publish.add_argument("--lock-token", help="the publishing lock taken with publish-lock (default: take it now)")
+    publish.add_argument("--signing-key", metavar="FILE", help="sign the document with this private key (keygen)")
 
     lock = commands.add_parser(
         "publish-lock",
@@ -143,6 +147,16 @@ def _add_publisher_commands(commands: Any) -> None:
     )
     renew.add_argument("--state-dir", required=True, help="the publisher's state directory")
     renew.add_argument("--out", help="where to write the renewed document (default: standard output)")
+    renew.add_argument("--signing-key", metavar="FILE", help="sign the renewed document with this private key")
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="make the publisher's signing key",
+        description="Write a new Ed25519 private key to FILE (mode 0600; an existing file is never replaced) and "
+        "its public key to FILE.pub, and print the public key: the servers' [placement] public_key. Give FILE to "
+        "publish and renew as --signing-key.",
+    )
+    keygen.add_argument("file", metavar="FILE", help="where to write the private key")
 
     rerun = commands.add_parser(
         "rerun",
@@ -172,6 +186,8 @@ def _check(args: argparse.Namespace) -> int:
     except DocumentError as exc:
         print("\n".join(exc.lines()), file=sys.stderr)
         return EXIT_INVALID
+    if args.public_key is not None:
+        verify(placement.meta, load_public_key(args.public_key))
     problems = _unknown_owners(placement, args.hosts, args.file) if args.hosts is not None else []
     if problems:
         print("\n".join(problems), file=sys.stderr)
@@ -210,7 +226,7 @@ def _publish(args: argparse.Namespace) -> int:
         raise PublishError(problems[0])
     baseline = read_source(args.baseline) if args.baseline and Path(args.baseline).exists() else None
     now = datetime.now(UTC)
-    text, plan = Publisher(Path(args.state_dir)).begin(
+    text, plan = Publisher(Path(args.state_dir), _signing_key(args)).begin(
         desired,
         lead=args.lead,
         failed=args.failed,
@@ -282,7 +298,18 @@ def _rerun(args: argparse.Namespace) -> int:
 
 
 def _renew(args: argparse.Namespace) -> int:
-    _write(args.out, Publisher(Path(args.state_dir)).renew())
+    _write(args.out, Publisher(Path(args.state_dir), _signing_key(args)).renew())
+    return EXIT_OK
+
+
+def _signing_key(args: argparse.Namespace) -> Any:
+    return load_signing_key(Path(args.signing_key)) if args.signing_key else None
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    public = write_key_pair(Path(args.file))
+    print(f"wrote the private key to {args.file} (mode 0600) and the public key to {args.file}.pub", file=sys.stderr)
+    print(public)
     return EXIT_OK
 
 
@@ -367,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish-commit": _publish_commit,
         "publish-abort": _publish_abort,
         "renew": _renew,
+        "keygen": _keygen,
         "rerun": _rerun,
         "serve": serve_command,
         "serve-token": token_command,

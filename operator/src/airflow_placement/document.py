@@ -135,6 +135,8 @@ class Meta:
     serial: int
     issued: datetime
     renewed: datetime | None = None
+    signature: str | None = None  # the publisher's Ed25519 signature of ``signed`` (base64), if it signs
+    signed: bytes = field(default=b"", repr=False, compare=False)  # what a signature covers: see signed_content()
 
     @property
     def vouched(self) -> datetime:
@@ -302,6 +304,12 @@ def _load_yaml(text: str) -> tuple[Any, dict[Path, int]]:
         mark = exc.problem_mark or exc.context_mark
         line = int(mark.line) + 1 if mark is not None else None
         raise _Reject(line, f"not valid YAML: {exc.problem or exc.context}") from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other control characters)
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else None
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "character"
+        raise _Reject(line, f"not valid YAML: unacceptable {character} ({exc.reason})") from exc
+    except yaml.YAMLError as exc:
+        raise _Reject(None, f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
 # --- The schema -----------------------------------------------------------------------------------------------------
@@ -390,6 +398,8 @@ def _explain(error: ValidationError, lines: dict[Path, int]) -> Problem:
         return Problem(line, f"{where}: expected {expected_text}, got {_kind(value)}")
     if error.schema == _validator().schema["$defs"]["timestamp"]:
         return Problem(line, f"{where}: {value!r} is not a date and time with a UTC offset, e.g. 2026-12-01T06:00:00Z")
+    if path == (META_KEY, "signature"):
+        return Problem(line, f"{where}: not an Ed25519 signature (base64 of 64 bytes)")
     if validator in ("minLength", "pattern", "maxLength") and isinstance(value, str):
         if not value.strip():
             return Problem(line, f"{where}: the owner is empty")
@@ -458,8 +468,9 @@ def parse_document(body: bytes | str, origin: str = "<document>", max_bytes: int
 
     problems: list[Problem] = []
     entries = []
+    signed = signed_content(data) if META_KEY in data else b""
     meta_spec = data.pop(META_KEY, None)
-    meta = _meta(meta_spec, lines, problems)
+    meta = _meta(meta_spec, lines, problems, signed)
     for key, spec in data.items():
         tasks: dict[str, OwnerSchedule] = {}
         if isinstance(spec, dict):
@@ -479,7 +490,7 @@ def _date(value: str, path: Path, lines: dict[Path, int], problems: list[Problem
         return None
 
 
-def _meta(spec: Any, lines: dict[Path, int], problems: list[Problem]) -> Meta | None:
+def _meta(spec: Any, lines: dict[Path, int], problems: list[Problem], signed: bytes) -> Meta | None:
     if spec is None:
         return None
     issued = _date(spec["issued"], (META_KEY, "issued"), lines, problems)
@@ -488,12 +499,24 @@ def _meta(spec: Any, lines: dict[Path, int], problems: list[Problem]) -> Meta | 
         return None
     if renewed is not None and renewed < issued:
         problems.append(Problem(lines.get((META_KEY, "renewed")), f"{META_KEY}.renewed: earlier than issued"))
-    return Meta(int(spec["serial"]), issued, renewed)
+    return Meta(int(spec["serial"]), issued, renewed, spec.get("signature"), signed)
+
+
+def signed_content(data: dict[str, Any]) -> bytes:
+    """What a publisher's signature covers: the document as parsed, ``@meta.signature`` left out, as compact JSON in
+    the document's order (the order of patterns decides ties, so it is signed too). The renewal time is covered: a
+    renewed copy is signed again."""
+    unsigned = {
+        key: {k: v for k, v in value.items() if k != "signature"} if key == META_KEY else value
+        for key, value in data.items()
+    }
+    return json.dumps(unsigned, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _revision(data: dict[str, Any], meta: dict[str, Any] | None) -> str:
-    """A digest of the document's content, ``@meta`` included but its renewal time not: however it is written (YAML
-    layout, comments), a renewed copy has the revision of the copy first issued, and other content another one."""
-    issued = {k: v for k, v in meta.items() if k != "renewed"} if meta is not None else None
+    """A digest of the document's content, ``@meta`` included but its renewal time and signature not: however it is
+    written (YAML layout, comments), a renewed copy has the revision of the copy first issued, and other content
+    another one."""
+    issued = {k: v for k, v in meta.items() if k not in ("renewed", "signature")} if meta is not None else None
     canonical = json.dumps([issued, data], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]

@@ -11,6 +11,7 @@ so an outage costs one request per TTL, not one per task.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import tempfile
 import time
@@ -32,11 +33,12 @@ from airflow_placement.lease import (
     is_fresh,
     stack_started_at,
 )
+from airflow_placement.signing import SignatureError, load_public_key, verify
 from airflow_placement.snapshot import SnapshotPlacement, write_snapshot
-from airflow_placement.source import describe_error, is_http, local_path, open_source
-from airflow_placement.store import CacheEntry, SerialFloorError, Store
+from airflow_placement.source import describe_error, is_http, local_path, open_source, token_transport_problem
+from airflow_placement.store import CacheDirError, CacheEntry, SerialFloorError, Store
 
-DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "airflow-placement"
+DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / f"airflow-placement-{os.geteuid()}"  # per user, mode 0700
 
 __all__ = ["CacheEntry", "FetchSettings", "Loaded", "PlacementCache", "PlacementUnavailable", "load_placement"]
 
@@ -53,9 +55,12 @@ class FetchSettings:
     :param ttl: seconds a checked copy is used without reading the source again.
     :param max_staleness: seconds after the publisher last vouched for the copy past which it is not trusted.
     :param clock_skew: the most this server's clock may differ from the publisher's, in seconds.
-    :param timeout: seconds to wait for the source to connect, and again to answer.
+    :param timeout: seconds to wait for the source to connect, and again to answer; a fetch, retries included,
+        ends within ``timeout * (retries + 1)``.
     :param retries: how many times a failed request is retried (connection errors and 429/5xx answers).
-    :param token_env: the name of an environment variable holding a bearer token for the source, if any.
+    :param token_env: the name of an environment variable holding a bearer token for the source, if any; it is
+        sent over ``https``, or plain HTTP to this host only.
+    :param public_key: the publisher's Ed25519 public key (base64): documents it did not sign are refused.
     :param cache_dir: the directory shared by every task process of this server; keep it across restarts.
     :param max_bytes: larger documents are rejected.
     """
@@ -67,6 +72,7 @@ class FetchSettings:
     timeout: float = 5.0
     retries: int = 2
     token_env: str | None = None
+    public_key: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     max_bytes: int = DEFAULT_MAX_BYTES
 
@@ -76,6 +82,10 @@ class FetchSettings:
         if not math.isfinite(self.timeout) or self.timeout <= 0 or self.retries < 0:
             raise ValueError("timeout must be a finite number of seconds > 0, and retries >= 0")
         self.lease  # noqa: B018 - validates ttl, max_staleness and clock_skew
+        if self.token_env and self.is_http and (problem := token_transport_problem(self.source, self.token_env)):
+            raise ValueError(problem)
+        if self.public_key is not None:
+            load_public_key(self.public_key)
 
     @property
     def lease(self) -> LeaseSettings:
@@ -133,10 +143,13 @@ class PlacementCache:
 
         :raises PlacementUnavailable: when the lease allows no copy to be used.
         """
+        try:
+            self.store.prepare()  # before anything in it is read
+        except CacheDirError as exc:
+            raise PlacementUnavailable(str(exc)) from None
         loaded = self._without_request(self.read())
         if loaded is not None:
             return loaded
-        self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
         wait = self.settings.timeout * 2 * (self.settings.retries + 1) + 5
         try:
             with self.store.lock.acquire(timeout=wait):
@@ -144,12 +157,20 @@ class PlacementCache:
                 loaded = self._without_request(entry)
                 if loaded is not None:  # another process read the source while this one waited
                     return loaded
-                return self._refresh(entry or CacheEntry(self.settings.source))
+                return self._refresh(self._signed_copy(entry) or CacheEntry(self.settings.source))
         except filelock.Timeout:
-            entry = self.read() or CacheEntry(self.settings.source)
+            entry = self._signed_copy(self.read()) or CacheEntry(self.settings.source)
             return self._fallback(entry, f"another process has held the cache lock for over {wait:g} s")
 
+    def _signed_copy(self, entry: CacheEntry | None) -> CacheEntry | None:
+        """``entry``, unless a public key is configured that did not check its copy (then: no copy is held)."""
+        key = self.settings.public_key
+        if entry is None or key is None or entry.revision is None or entry.signed_by == key:
+            return entry
+        return replace(entry, etag=None, serial=None, revision=None, vouched_at=0.0, signed_by=None)
+
     def _without_request(self, entry: CacheEntry | None) -> Loaded | None:
+        entry = self._signed_copy(entry)
         if entry is None:
             return None
         now, started = self.clock(), self.started()
@@ -183,10 +204,16 @@ class PlacementCache:
             placement = body = None
             if fetched.status == 200:
                 placement = parse_document(fetched.body, origin=settings.source, max_bytes=settings.max_bytes)
+                if settings.public_key is not None:
+                    verify(placement.meta, load_public_key(settings.public_key))
                 body = fetched.body.decode("utf-8")
             new = accept(entry, fetched, placement, body, now=now, floor=floor)
+            if placement is not None:
+                new = replace(new, signed_by=settings.public_key)
         except DocumentError as exc:
             return self._failed(entry, now, f"the source served an invalid document: {exc}", requests_made)
+        except SignatureError as exc:
+            return self._failed(entry, now, f"{settings.source}: {exc}", requests_made)
         except Rejected as exc:
             return self._failed(entry, now, str(exc), requests_made)
         except (OSError, requests.RequestException) as exc:

@@ -35,6 +35,7 @@ from typing import Any
 
 import filelock
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airflow_placement.document import (
     META_KEY,
@@ -47,6 +48,7 @@ from airflow_placement.document import (
     normalize_host,
     parse_document,
 )
+from airflow_placement.signing import SignatureError, sign, verify
 
 HEADER = (
     "# Placement document published by airflow-placement (the dag_placement role): change the inventory and run\n"
@@ -54,6 +56,7 @@ HEADER = (
     "# later. @meta is the publisher's: a serial that only grows, and when it issued and last renewed this copy.\n"
 )
 _RENEWED_LINE = re.compile(r'^  renewed: "[^"\n]*"$', re.MULTILINE)
+_SIGNATURE_LINE = re.compile(r'^  signature: "[^"\n]*"\n', re.MULTILINE)
 
 
 class PublishError(RuntimeError):
@@ -286,8 +289,12 @@ def plan(
     return result
 
 
-def render(data: dict[str, Any], meta: Meta) -> str:
-    """The document's text: the header, ``@meta`` in a fixed form (so a renewal changes one line), the entries."""
+def render(data: dict[str, Any], meta: Meta, signing_key: Ed25519PrivateKey | None = None) -> str:
+    """The document's text: the header, ``@meta`` in a fixed form (so a renewal changes one line), the entries.
+
+    :param signing_key: the publisher's key: with one, ``@meta`` carries its signature (see
+        :mod:`airflow_placement.signing`).
+    """
     lines = [
         HEADER.rstrip("\n"),
         f'"{META_KEY}":',
@@ -296,7 +303,30 @@ def render(data: dict[str, Any], meta: Meta) -> str:
         f'  renewed: "{_format(meta.renewed or meta.issued)}"',
     ]
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000) if data else ""
-    return "\n".join(lines) + "\n" + body
+    text = "\n".join(lines) + "\n" + body
+    return _signed(text, signing_key, "the new document") if signing_key else text
+
+
+def _signed(text: str, signing_key: Ed25519PrivateKey | None, origin: str) -> str:
+    """``text`` with its ``@meta.signature`` line made for ``signing_key`` (after the renewal line), or without one.
+
+    :raises PublishError: without a key, when ``text`` was signed: it would go out with a signature that no longer
+        matches.
+    """
+    unsigned, count = _SIGNATURE_LINE.subn("", text)
+    if signing_key is None:
+        if count:
+            raise PublishError(f"{origin} is signed: give the signing key (--signing-key) to renew or publish it")
+        return unsigned
+    meta = parse_document(unsigned, origin=origin).meta
+    assert meta is not None
+    line = f'  signature: "{sign(meta.signed, signing_key)}"'
+    signed = _RENEWED_LINE.sub(lambda match: f"{match.group(0)}\n{line}", unsigned, count=1)
+    try:
+        verify(parse_document(signed, origin=origin).meta, signing_key.public_key())
+    except SignatureError as exc:  # pragma: no cover - a signature that does not verify is a bug of this module
+        raise PublishError(f"{origin}: {exc}") from None
+    return signed
 
 
 # --- The publisher's state --------------------------------------------------------------------------------------------
@@ -305,8 +335,10 @@ def render(data: dict[str, Any], meta: Meta) -> str:
 class Publisher:
     """The publisher's state directory (see the module docstring)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, signing_key: Ed25519PrivateKey | None = None) -> None:
+        """:param signing_key: the publisher's key: every document it issues or renews is signed with it."""
         self.dir = state_dir
+        self.signing_key = signing_key
         self.published_path = state_dir / "published.yaml"
         self.pending_path = state_dir / "pending.yaml"
         self.serial_path = state_dir / "serial"
@@ -453,7 +485,7 @@ class Publisher:
             raise PublishError(the_plan.problems[0] + (f" (and {more} more)" if more else ""))
         serial = max(self._issued_serial(), published.meta.serial if published and published.meta else 0) + 1
         issued = now.replace(microsecond=0)
-        text = render(the_plan.data, Meta(serial, issued, issued))
+        text = render(the_plan.data, Meta(serial, issued, issued), self.signing_key)
         parse_document(text, origin="the new document")  # never issue what a server would refuse
         if check:
             return text, the_plan
@@ -494,6 +526,7 @@ class Publisher:
             after = parse_document(renewed, origin="the renewed document")
             if after.revision != before.revision or after.meta is None or after.meta.renewed is None:
                 raise PublishError(f"renewing {self.published_path} would change its content; publish it again")
+            renewed = _signed(renewed, self.signing_key, str(self.published_path))
             _replace(self.published_path, renewed)
             return renewed
 

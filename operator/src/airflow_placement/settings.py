@@ -78,6 +78,7 @@ def gate_settings(overrides: dict[str, Any], config: dict[str, str | None]) -> G
         timeout=number("timeout", 5.0),
         retries=whole("retries", 2),
         token_env=pick("token_env") or None,
+        public_key=pick("public_key") or None,
         cache_dir=Path(pick("cache_dir") or DEFAULT_CACHE_DIR),
     )
     return GateSettings(
@@ -97,6 +98,7 @@ KEYS = (
     "timeout",
     "retries",
     "token_env",
+    "public_key",
     "cache_dir",
     "not_owner",
     "on_unavailable",

@@ -7,18 +7,25 @@ copy is trusted only as far as the publisher's issue or renewal time written in 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import ClassVar, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from airflow_placement import __version__
+
+MAX_REDIRECTS = 5
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no control character, no space, nothing a header cannot carry
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,59 @@ def strong_etag(value: str | None) -> str | None:
     return None
 
 
+class TokenError(OSError):
+    """The token may not be sent; ``str()`` says why in one line and never holds the token."""
+
+
+class DeadlineExceeded(OSError):
+    """A fetch, its retries and redirects included, ran out of time."""
+
+
+def read_token(env: str | None) -> str | None:
+    """The bearer token in the environment variable ``env`` (None: no token), checked before it goes anywhere.
+
+    :raises TokenError: when it holds a control character, a space or a character outside ASCII.
+    """
+    token = os.environ.get(env) if env else None
+    if not token:
+        return None
+    if not _TOKEN.fullmatch(token):
+        raise TokenError(
+            f"the token in ${env} holds a control character, a space or a non-ASCII character; it is not sent"
+        )
+    return token
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this host (127.0.0.0/8, ::1, localhost): traffic to it never leaves the machine."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_transport_problem(url: str, token_env: str) -> str | None:
+    """Why the token of ``token_env`` may not be sent to ``url`` (None: it may): plain HTTP only to this host."""
+    if urlsplit(url).scheme == "https" or is_loopback(url):
+        return None
+    return (
+        f"refusing to send the token of ${token_env} over plain HTTP to {urlsplit(url).hostname or url}: use "
+        "https:// (plain HTTP carries a token only to 127.0.0.1, ::1 or localhost)"
+    )
+
+
 @dataclass(frozen=True)
 class HttpSource:
-    """GET with retries, conditional only on a strong ETag (never ``If-Modified-Since``: one-second dates lie)."""
+    """GET with retries, conditional only on a strong ETag (never ``If-Modified-Since``: one-second dates lie).
+
+    A fetch, its retries, redirects and the reading of the body included, ends within :attr:`deadline`
+    (``timeout * (retries + 1)`` seconds) however slowly the source answers. Redirects are followed, never from
+    ``https`` to ``http``; the token goes only to the configured URL's origin (scheme, host and port), and only
+    over ``https`` or to this host.
+    """
 
     url: str
     timeout: float
@@ -67,48 +124,115 @@ class HttpSource:
     max_bytes: int
     token_env: str | None = None
 
-    _sessions: ClassVar[dict[tuple[int, float], requests.Session]] = {}  # one pool per process
-
-    def session(self) -> requests.Session:
-        key = (self.retries, self.timeout)
-        if key not in self._sessions:
-            retry = Retry(
-                total=self.retries,
-                backoff_factor=0.2,
-                status_forcelist=(429, 500, 502, 503, 504),
-                allowed_methods=("GET",),
-                respect_retry_after_header=False,  # a Retry-After of minutes would hold the task; the lease covers
-                raise_on_status=False,
-            )
-            session = requests.Session()
-            session.mount("http://", HTTPAdapter(max_retries=retry))
-            session.mount("https://", HTTPAdapter(max_retries=retry))
-            session.headers["User-Agent"] = f"airflow-placement/{__version__}"
-            self._sessions[key] = session
-        return self._sessions[key]
+    @property
+    def deadline(self) -> float:
+        """Seconds a fetch may take in all."""
+        return self.timeout * (self.retries + 1)
 
     def fetch(self, etag: str | None) -> Fetched:
+        deadline = time.monotonic() + self.deadline
+        token = read_token(self.token_env)
+        try:
+            return self._fetch(strong_etag(etag), token, deadline)
+        except (requests.RequestException, ValueError) as exc:
+            if token and token in f"{exc} {exc.args!r}":  # never let the token into a message
+                raise OSError("the request failed (its details are withheld: they hold the token)") from None
+            raise
+
+    def _fetch(self, etag: str | None, token: str | None, deadline: float) -> Fetched:
         headers = {"Cache-Control": "no-cache", "Accept": "application/yaml, text/yaml, text/plain, */*"}
-        if etag := strong_etag(etag):
+        if etag:
             headers["If-None-Match"] = etag
-        token = os.environ.get(self.token_env) if self.token_env else None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        with self.session().get(
-            self.url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=True
-        ) as response:
-            if response.status_code == 304:
-                if etag is None:
-                    raise OSError("HTTP 304 to a request that asked for no validation")
-                return Fetched(304, b"", etag, vouches=True)
-            if response.status_code != 200:
-                raise OSError(f"HTTP {response.status_code} {response.reason}")
-            body = bytearray()
-            for chunk in response.iter_content(64 * 1024):
-                body += chunk
-                if len(body) > self.max_bytes:
-                    break
-            return Fetched(200, bytes(body), strong_etag(response.headers.get("ETag")), vouches=True)
+        origin = urlsplit(self.url)[:2]
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            sent = dict(headers)
+            if token and self.token_env and urlsplit(url)[:2] == origin:
+                if problem := token_transport_problem(url, self.token_env):
+                    raise TokenError(problem)
+                sent["Authorization"] = f"Bearer {token}"
+            with self._get(url, sent, deadline) as response:
+                if response.is_redirect:
+                    url = _redirect(url, response.headers["Location"])
+                    continue
+                if response.status_code == 304:
+                    if etag is None:
+                        raise OSError("HTTP 304 to a request that asked for no validation")
+                    return Fetched(304, b"", etag, vouches=True)
+                if response.status_code != 200:
+                    raise OSError(f"HTTP {response.status_code} {response.reason}")
+                body = self._read(response, deadline)
+                return Fetched(200, body, strong_etag(response.headers.get("ETag")), vouches=True)
+        raise OSError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _get(self, url: str, headers: dict[str, str], deadline: float) -> requests.Response:
+        """One GET, retried on connection errors, timeouts and 429/5xx answers while the deadline allows."""
+        attempt = 0
+        while True:
+            wait = min(self.timeout, _remaining(deadline))
+            try:
+                response = _session().get(url, headers=headers, timeout=wait, stream=True, allow_redirects=False)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == self.retries:
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    return response
+                response.close()  # a Retry-After is not waited for: the lease covers an outage
+            time.sleep(min(0.2 * 2**attempt, _remaining(deadline)))
+            attempt += 1
+
+    def _read(self, response: requests.Response, deadline: float) -> bytes:
+        """The body, up to one byte over ``max_bytes``, read before the deadline however slowly it comes."""
+        raw = response.raw
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        body = bytearray()
+        while len(body) <= self.max_bytes:
+            left = _remaining(deadline)
+            if sock is not None:
+                sock.settimeout(min(self.timeout, left))  # no read waits past the deadline
+            try:
+                chunk = raw.read1(64 * 1024, decode_content=True)
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                raise DeadlineExceeded("timed out while the answer was read") from None
+            except urllib3.exceptions.HTTPError as exc:
+                raise OSError(f"the answer broke off ({type(exc).__name__})") from None
+            if not chunk:
+                break
+            body += chunk
+        return bytes(body)
+
+
+def _redirect(url: str, location: str) -> str:
+    """Where a redirect from ``url`` leads; never from ``https`` to plain ``http``."""
+    target = urljoin(url, location)
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https"):
+        raise OSError(f"the source redirected to a {scheme!r} URL; refused")
+    if urlsplit(url).scheme == "https" and scheme != "https":
+        raise OSError(f"the source redirected from https to plain http ({urlsplit(target).hostname}); refused")
+    return target
+
+
+@cache
+def _session() -> requests.Session:
+    """One connection pool per process, with no retries of its own: :class:`HttpSource` retries in its deadline."""
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=0))
+    session.mount("https://", HTTPAdapter(max_retries=0))
+    session.headers["User-Agent"] = f"airflow-placement/{__version__}"
+    return session
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline``.
+
+    :raises DeadlineExceeded: when none are.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("timed out: the fetch used up its time, retries included")
+    return left
 
 
 def is_http(source: str) -> bool:
@@ -133,7 +257,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, requests.exceptions.Timeout):
         return "timed out"
     if isinstance(exc, requests.exceptions.ConnectionError):
-        # A read timeout that used up the retries arrives as a ConnectionError wrapping urllib3's MaxRetryError.
+        # A read timeout can arrive as a ConnectionError wrapping urllib3's MaxRetryError.
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         return "timed out" if isinstance(reason, urllib3.exceptions.ReadTimeoutError) else "connection failed"
     if isinstance(exc, FileNotFoundError):

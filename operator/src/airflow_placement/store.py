@@ -4,6 +4,10 @@ Every task process of a server shares the store (a directory mounted into each A
 The cache entry is replaced atomically; the serial floor, the highest serial this server has ever accepted from the
 source, lives in a file of its own, written and synced before any copy with that serial is used, so that a lost or
 corrupt cache never lets an older document back in. Keep the directory on storage that survives restarts.
+
+The directory is this user's alone: before anything in it is read it is checked without following links
+(:meth:`Store.prepare`), and one that is a link, belongs to another user or that others may write is refused, since
+whoever can write in it can plant a document.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +41,7 @@ class CacheEntry:
     :param checked_at: when this server last read or confirmed it (this server's clock).
     :param attempted_at: when the source was last asked, successfully or not.
     :param failure: why the last attempt failed, if it did.
+    :param signed_by: the public key whose signature this copy carried, when one was checked.
     """
 
     source: str
@@ -48,6 +54,11 @@ class CacheEntry:
     checked_at: float = 0.0
     attempted_at: float = 0.0
     failure: str | None = None
+    signed_by: str | None = None
+
+
+class CacheDirError(OSError):
+    """The cache directory may not be used; ``str()`` names it and says why, in one line."""
 
 
 class SerialFloorError(OSError):
@@ -66,6 +77,36 @@ class Store:
         self.floor_path = cache_dir / f"{key}.serial"
         self.lock = filelock.FileLock(cache_dir / f"{key}.lock")
 
+    def prepare(self) -> None:
+        """Create the directory (mode 0700) if it is missing, and check it without following links.
+
+        A directory of this user's that only this user may write is made 0700.
+
+        :raises CacheDirError: when it is not a directory (a link, say), belongs to another user, or others may
+            write in it.
+        """
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = os.lstat(self.dir)
+        except OSError as exc:
+            raise CacheDirError(
+                f"cannot use the cache directory {self.dir}: {(exc.strerror or str(exc)).lower()}"
+            ) from None
+        mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISDIR(info.st_mode):
+            problem = "is a symbolic link" if stat.S_ISLNK(info.st_mode) else "is not a directory"
+        elif info.st_uid != os.geteuid():
+            problem = f"belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})"
+        elif mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problem = f"has mode {mode:04o}: others may write in it"
+        else:
+            if mode != 0o700:
+                os.chmod(self.dir, 0o700, follow_symlinks=False)
+            return
+        raise CacheDirError(
+            f"the cache directory {self.dir} {problem}; refused (it must be a directory of this user's, mode 0700)"
+        )
+
     def read(self, *, with_body: bool = False) -> CacheEntry | None:
         """This source's entry (its ``body`` only ``with_body``); None when there is none or it is not usable."""
         try:
@@ -76,7 +117,7 @@ class Store:
         except (OSError, ValueError, TypeError):
             return None
         numbers = (entry.vouched_at, entry.checked_at, entry.attempted_at)
-        texts = (entry.body, entry.etag, entry.revision, entry.failure)
+        texts = (entry.body, entry.etag, entry.revision, entry.failure, entry.signed_by)
         if not (
             entry.source == self.source
             and all(isinstance(text, str | None) for text in texts)
@@ -126,7 +167,7 @@ class Store:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

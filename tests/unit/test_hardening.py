@@ -226,6 +226,15 @@ def test_a_redirect_within_https_is_followed(
     assert load(settings_for(secure.url, tmp_path), clock).origin == "source"  # type: ignore[attr-defined]
 
 
+def test_an_untrusted_certificate_is_one_line(
+    servers: list[Server], tls: ssl.SSLContext, tmp_path: Path, clock: Clock
+) -> None:
+    secure = Server(answer(200, GOOD), tls)
+    servers.append(secure)
+    with pytest.raises(PlacementUnavailable, match=r"the TLS handshake failed \(is the certificate trusted\?"):
+        load(settings_for(secure.url, tmp_path), clock)
+
+
 def test_a_redirect_loop_ends(servers: list[Server], tmp_path: Path, clock: Clock) -> None:
     looping = Server(redirect_to("/placement.yaml"))
     servers.append(looping)

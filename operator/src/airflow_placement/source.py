@@ -256,6 +256,8 @@ def describe_error(exc: BaseException) -> str:
     """A one-line reason without the noise of nested urllib3 exception reprs."""
     if isinstance(exc, requests.exceptions.Timeout):
         return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "the TLS handshake failed (is the certificate trusted? REQUESTS_CA_BUNDLE can name its CA)"
     if isinstance(exc, requests.exceptions.ConnectionError):
         # A read timeout can arrive as a ConnectionError wrapping urllib3's MaxRetryError.
         reason = getattr(exc.args[0], "reason", None) if exc.args else None

@@ -11,61 +11,16 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from confirming_source import TOKENS, Running, write_tokens
 from placement_server import T0, Clock, with_meta
 
 from airflow_placement.fetch import FetchSettings, load_placement
-from airflow_placement.serve import (
-    RECORD_FILE,
-    ConfirmingSource,
-    ServeError,
-    SourceClient,
-    Tokens,
-    make_server,
-    token_hash,
-)
-
-TOKENS = {"publisher": "pub-token", "server-1": "token-one", "server-2": "token-two"}
-PATH = "airflow-dag-on-server.yaml"
-
-
-def write_tokens(path: Path) -> Path:
-    servers = {name: token_hash(token) for name, token in TOKENS.items() if name != "publisher"}
-    path.write_text(json.dumps({"publisher": token_hash(TOKENS["publisher"]), "servers": servers}))
-    return path
-
-
-class Running:
-    """A ConfirmingSource behind a real HTTP server on 127.0.0.1, on a hand-moved clock."""
-
-    def __init__(self, state: Path, tokens: Path, clock: Clock) -> None:
-        self.clock = clock
-        self.source = ConfirmingSource(state, Tokens.load(tokens), clock=clock)
-        self.lines: list[str] = []
-        self.http = make_server(self.source, "127.0.0.1", 0, PATH, log=self.lines.append)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/{PATH}"
-        self.client = SourceClient(self.url, TOKENS["publisher"])
-        threading.Thread(target=self.http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def get(self, token: str | None, etag: str | None = None) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if etag:
-            headers["If-None-Match"] = etag
-        return requests.get(self.url, headers=headers, timeout=5)
-
-    def last(self, server: str) -> float | None:
-        entry = self.client.confirmations()["servers"].get(server)
-        return None if entry is None or "last" not in entry else float(entry["last"])
-
-    def stop(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-        self.source.close()
+from airflow_placement.serve import RECORD_FILE, ConfirmingSource, ServeError, SourceClient, Tokens, token_hash
 
 
 @pytest.fixture
@@ -224,9 +179,9 @@ def test_the_serve_command_serves_and_records(tmp_path: Path) -> None:
     assert len(token) == 2 and token_hash(token[0]) == token[1]
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(json.dumps({"publisher": token[1], "servers": {"server-1": token_hash("s1")}}))
+    command = ["serve", "--state-dir", str(tmp_path / "state"), "--tokens", str(tokens), "--port", "0"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_placement.cli", "serve", "--state-dir", str(tmp_path / "state")]
-        + ["--tokens", str(tokens), "--port", "0"],
+        [sys.executable, "-m", "airflow_placement.cli", *command],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

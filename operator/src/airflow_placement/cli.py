@@ -21,6 +21,8 @@ from airflow_placement.serve import ServeError, serve_command, token_command
 from airflow_placement.serve import add_commands as add_serve_commands
 from airflow_placement.settings import KEYS, SECTION, gate_settings
 from airflow_placement.signing import load_public_key, load_signing_key, verify, write_key_pair
+from airflow_placement.watch import WatchError, watch_command
+from airflow_placement.watch import add_commands as add_watch_commands
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_publisher_commands(commands)
     add_serve_commands(commands)
+    add_watch_commands(commands)
     return parser
 
 
@@ -398,10 +401,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rerun": _rerun,
         "serve": serve_command,
         "serve-token": token_command,
+        "watch": watch_command,
     }[args.command]
     try:
         return handler(args)
-    except (DocumentError, PlacementUnavailable, PublishError, ApiError, ServeError, ValueError, OSError) as exc:
+    except (
+        DocumentError,
+        PlacementUnavailable,
+        PublishError,
+        ApiError,
+        ServeError,
+        WatchError,
+        ValueError,
+        OSError,
+    ) as exc:
         print(f"airflow-placement {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
@@ -100,20 +101,61 @@ def test_an_inventory_edit_becomes_a_handover_the_lease_ahead() -> None:
 
 
 def test_a_forced_failover_moves_only_the_failed_servers_runs_at_once() -> None:
+    """Without ``since``: from now plus the clock skew (the failed server, its clock ahead, may have run any run
+    dated before that just before it went down)."""
     old = doc('"*": s1\nreports: s2\netl:\n  owner: s1\n  tasks:\n    load: s2\n')
-    result = plan(old, doc('"*": s1\nreports: s1\netl: s1\n'), now=NOW, lead=LEAD, failed="s2")
-    assert result.data["reports"] == "s1"  # every logical date: s2 is down
-    assert result.data["etl"] == "s1"
+    result = plan(old, doc('"*": s1\nreports: s1\netl: s1\n'), now=NOW, lead=LEAD, failed="s2", clock_skew=5)
+    moved = {"owner": "s2", "handover": [{"at": "2026-11-30T05:00:06Z", "owner": "s1"}]}
+    assert result.data["reports"] == moved
+    assert result.data["etl"] == {"owner": "s1", "tasks": {"load": moved}}
     assert [c.describe(NOW) for c in result.changes] == [
-        "reports: s2 -> s1 for runs of every logical date, at once (forced)",
-        "etl task load: s2 -> s1 for runs of every logical date, at once (forced)",
+        "reports: s2 -> s1 for runs dated from 2026-11-30T05:00:06Z (forced)",
+        "etl task load: s2 -> s1 for runs dated from 2026-11-30T05:00:06Z (forced)",
     ]
 
 
+@pytest.mark.parametrize("skew", [-1.0, math.nan, math.inf])
+def test_a_bad_clock_skew_is_refused(skew: float) -> None:
+    with pytest.raises(PublishError, match="the clock skew must be a finite number of seconds >= 0"):
+        plan(doc("reports: s2\n"), doc("reports: s1\n"), now=NOW, lead=LEAD, failed="s2", clock_skew=skew)
+
+
 def test_a_forced_failover_since_a_time_keeps_earlier_runs_with_the_failed_server() -> None:
-    since = NOW - timedelta(minutes=10)
+    """``since`` is the operator's word that the failed server ran nothing dated from then on: a fraction of a second
+    rounds up, as the runs dated in the whole second before it may have run there."""
+    since = NOW - timedelta(minutes=10)  # 04:50:00.5
     result = plan(doc("reports: s2\n"), doc("reports: s1\n"), now=NOW, lead=LEAD, failed="s2", since=since)
-    assert result.data["reports"] == {"owner": "s2", "handover": [{"at": "2026-11-30T04:50:00Z", "owner": "s1"}]}
+    assert result.data["reports"] == {"owner": "s2", "handover": [{"at": "2026-11-30T04:50:01Z", "owner": "s1"}]}
+    whole = plan(
+        doc("reports: s2\n"), doc("reports: s1\n"), now=NOW, lead=LEAD, failed="s2", since=since.replace(microsecond=0)
+    )
+    assert whole.data["reports"] == {"owner": "s2", "handover": [{"at": "2026-11-30T04:50:00Z", "owner": "s1"}]}
+
+
+def test_a_forced_failover_keeps_a_handover_to_another_server_still_to_come() -> None:
+    """A handover to another server still to come stays: that server may hold a copy without the failover, and would
+    run those runs from the handover on. The failed server's runs move at once."""
+    published = doc(
+        'reports:\n  owner: s1\n  handover:\n    - {at: "2026-11-30T05:00:20Z", owner: s3}\n'
+        '    - {at: "2026-11-30T05:00:40Z", owner: s2}\n'
+    )
+    result = plan(published, doc("reports: s1\n"), now=NOW, lead=LEAD, failed="s2", since=None)
+    schedule = result.data["reports"]
+    assert schedule == {
+        "owner": "s1",
+        "handover": [{"at": "2026-11-30T05:00:20Z", "owner": "s3"}, {"at": "2026-11-30T05:00:40Z", "owner": "s1"}],
+    }
+    # s2 down and owning now: its runs move at once, s3's segment still to come stays until the lead
+    published = doc('reports:\n  owner: s2\n  handover:\n    - {at: "2026-11-30T05:00:30Z", owner: s3}\n')
+    result = plan(published, doc("reports: s1\n"), now=NOW, lead=LEAD, failed="s2", since=None)
+    assert result.data["reports"] == {
+        "owner": "s2",
+        "handover": [
+            {"at": "2026-11-30T05:00:01Z", "owner": "s1"},
+            {"at": "2026-11-30T05:00:30Z", "owner": "s3"},
+            {"at": "2026-11-30T05:01:06Z", "owner": "s1"},
+        ],
+    }
 
 
 def test_an_inventory_handover_sooner_than_the_lead_is_refused() -> None:
@@ -198,6 +240,67 @@ def test_renewal_changes_only_the_renewal_time(tmp_path: Path) -> None:
     assert [line for line in text.splitlines() if line not in renewed.splitlines()] == [
         '  renewed: "2026-11-30T05:00:00Z"'
     ]
+
+
+def test_no_renewal_while_a_publish_is_under_way(tmp_path: Path) -> None:
+    """A renewal of the old document between publish and publish-commit would let a server that misses the new one
+    trust the old one past the handovers the new one schedules."""
+    publisher = Publisher(tmp_path)
+    publisher.begin(doc('"*": s1\n'), lead=LEAD, now=NOW)
+    publisher.commit()
+    publisher.begin(doc('"*": s2\n'), lead=LEAD, now=NOW)
+    before = publisher.published_path.read_bytes()
+    with pytest.raises(PublishError, match=r"^a publish is under way \(serial 2, by pid .*committed or aborted$"):
+        publisher.renew(NOW + timedelta(seconds=10))
+    assert publisher.published_path.read_bytes() == before
+    publisher.commit()
+    assert "serial: 2\n" in publisher.renew(NOW + timedelta(seconds=20))
+
+
+def test_after_an_abort_the_renewal_is_re_issued_under_a_new_serial(tmp_path: Path) -> None:
+    """A server that got the given-up document (serial 2) refuses serial 1 as a rollback: the renewal carries 3."""
+    publisher = Publisher(tmp_path)
+    first, _ = publisher.begin(doc('"*": s1\n'), lead=LEAD, now=NOW)
+    publisher.commit()
+    publisher.begin(doc('"*": s2\n'), lead=LEAD, now=NOW)
+    assert publisher.abort() is None
+    renewed = doc(publisher.renew(NOW + timedelta(seconds=10)))
+    assert renewed.meta is not None and renewed.meta.serial == 3
+    assert renewed.entries == doc(first).entries
+    assert (tmp_path / "serial").read_text() == "3\n"
+    again = doc(publisher.renew(NOW + timedelta(seconds=20)))
+    assert again.meta is not None and again.meta.serial == 3  # once re-issued, renewals keep the serial
+    text, _ = publisher.begin(doc('"*": s2\n'), lead=LEAD, now=NOW + timedelta(seconds=30))
+    assert "serial: 4\n" in text
+
+
+def test_a_forced_failover_cannot_be_given_up(tmp_path: Path) -> None:
+    """A server may already run the failed server's runs by it: publish-abort keeps it as the published document."""
+    publisher = Publisher(tmp_path)
+    publisher.begin(doc('"*": s1\n'), lead=LEAD, now=NOW)
+    publisher.commit()
+    forced, _ = publisher.begin(doc('"*": s2\n'), lead=LEAD, now=NOW, failed="s1")
+    assert publisher.abort() == 2
+    assert publisher.published_path.read_text() == forced
+    assert not (tmp_path / "publishing.json").exists()
+    result = cli("publish-abort", "--state-dir", str(tmp_path))
+    assert (result.returncode, result.stdout) == (0, "publish aborted: the publishing lock is released\n")
+
+
+def test_cli_publish_abort_of_a_forced_failover_says_it_stays_published(tmp_path: Path) -> None:
+    desired = tmp_path / "desired.yaml"
+    desired.write_text('"*": s1\n')
+    state = tmp_path / "state"
+    assert cli("publish", str(desired), "--state-dir", str(state), "--lead", "65").returncode == 0
+    assert cli("publish-commit", "--state-dir", str(state)).returncode == 0
+    desired.write_text('"*": s2\n')
+    assert cli("publish", str(desired), "--state-dir", str(state), "--lead", "65", "--failed", "s1").returncode == 0
+    result = cli("publish-abort", "--state-dir", str(state))
+    assert result.returncode == 0
+    assert result.stdout.startswith("publish-abort: serial 2 is a forced failover, which a server may already run by")
+    assert len(result.stdout.splitlines()) == 1
+    published = Publisher(state).published()
+    assert published is not None and published.meta is not None and published.meta.serial == 2
 
 
 # --- the command line -----------------------------------------------------------------------------------------------

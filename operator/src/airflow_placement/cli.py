@@ -114,7 +114,17 @@ def _add_publisher_commands(commands: Any) -> None:
     publish.add_argument("--hosts", metavar="H1,H2,...", help="the servers that exist: refuse other owners")
     publish.add_argument("--failed", metavar="HOST", help="force: move what HOST owns at once (HOST is known down)")
     publish.add_argument(
-        "--since", type=_parse_date, help="with --failed: move HOST's runs dated from this time on (ISO 8601)"
+        "--since",
+        type=_parse_date,
+        help="with --failed: move HOST's runs dated from this time on (ISO 8601): you assert HOST ran none of them "
+        "(default: now plus --clock-skew)",
+    )
+    publish.add_argument(
+        "--clock-skew",
+        type=float,
+        default=0.0,
+        help="seconds any two clocks may differ by: without --since, a forced failover moves the runs dated from "
+        "now plus this (default 0)",
     )
     publish.add_argument("--baseline", help="what the servers hold when nothing was published from this state yet")
     publish.add_argument("--check", action="store_true", help="print the plan; issue nothing, lock nothing")
@@ -136,7 +146,11 @@ def _add_publisher_commands(commands: Any) -> None:
 
     for name, text in (
         ("publish-commit", "every copy of the pending document is out: it becomes the published one"),
-        ("publish-abort", "give up the pending document and release the publishing lock (its serial stays used)"),
+        (
+            "publish-abort",
+            "give up the pending document and release the publishing lock (its serial stays used; a forced "
+            "failover is kept as the published document instead)",
+        ),
     ):
         command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("--state-dir", required=True, help="the publisher's state directory")
@@ -144,9 +158,11 @@ def _add_publisher_commands(commands: Any) -> None:
     renew = commands.add_parser(
         "renew",
         help="renew the lease of the published document",
-        description="Write a new renewal time into the published document (same serial, same content) and print "
-        "it or write it to --out. File publishing needs this at least every max_staleness minus the time a copy "
-        "takes to reach the servers: a server trusts a file's copy only until its renewal time plus max_staleness.",
+        description="Write a new renewal time into the published document (same content) and print it or write it "
+        "to --out. File publishing needs this at least every max_staleness minus the time a copy takes to reach the "
+        "servers: a server trusts a file's copy only until its renewal time plus max_staleness. Refused while a "
+        "publish is under way. After a publish-abort the document is re-issued under a new serial, so that a server "
+        "holding the given-up copy takes it.",
     )
     renew.add_argument("--state-dir", required=True, help="the publisher's state directory")
     renew.add_argument("--out", help="where to write the renewed document (default: standard output)")
@@ -234,6 +250,7 @@ def _publish(args: argparse.Namespace) -> int:
         lead=args.lead,
         failed=args.failed,
         since=args.since,
+        clock_skew=args.clock_skew,
         check=args.check,
         wait=args.wait,
         now=now,
@@ -265,7 +282,13 @@ def _publish_commit(args: argparse.Namespace) -> int:
 
 
 def _publish_abort(args: argparse.Namespace) -> int:
-    Publisher(Path(args.state_dir)).abort()
+    kept = Publisher(Path(args.state_dir)).abort()
+    if kept is not None:
+        print(
+            f"publish-abort: serial {kept} is a forced failover, which a server may already run by: it stays the "
+            "published document (renewals carry it to every server); record the failover before the next publish"
+        )
+        return 0
     print("publish aborted: the publishing lock is released")
     return EXIT_OK
 

@@ -13,7 +13,12 @@ A new document is *spliced* onto the published one: for every schedule (an entry
 before the cut keep the owner the published document gives them, and runs from the cut on get the desired owner.
 The cut is ``now + lead`` (the longest maximum staleness plus the clock-skew margin, so every server's copy of the
 old document has expired or been replaced by then), rounded up to a whole second. Only a forced failover of a named
-failed server cuts earlier: at the start of that server's ownership (or ``since``), for the schedules it owns.
+failed server cuts earlier, and only for the runs that server owns: those dated from ``since`` (the operator's word
+that it ran none of them), or else from now plus the clock skew (by its own clock it may have run any earlier one);
+a handover to another server still to come stays where it is.
+
+While a publish is under way the published document is not renewed, and a document given up with ``abort`` is
+followed by a renewal under a new serial. A forced failover cannot be given up: a server may already run by it.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ HEADER = (
 )
 _RENEWED_LINE = re.compile(r'^  renewed: "[^"\n]*"$', re.MULTILINE)
 _SIGNATURE_LINE = re.compile(r'^  signature: "[^"\n]*"\n', re.MULTILINE)
+_SERIAL_LINE = re.compile(r"^  serial: [0-9]+$", re.MULTILINE)
 
 
 class PublishError(RuntimeError):
@@ -79,7 +85,7 @@ class Change:
         if self.old is None:
             return f"{what}: newly placed on {self.new}, at once (nothing owned it before)"
         if self.at is None:
-            return f"{what}: {self.old} -> {self.new} for runs of every logical date, at once (forced)"
+            return f"{what}: {self.old} -> {self.new} for runs of every logical date, at once"
         when = f"runs dated from {_format(self.at)}"
         if self.forced:
             return f"{what}: {self.old} -> {self.new} for {when} (forced)"
@@ -149,6 +155,27 @@ def splice(old: OwnerSchedule | None, desired: OwnerSchedule, cut: datetime | No
     return simplify(OwnerSchedule(old.owner, tuple(handovers)))
 
 
+def forced_splice(
+    old: OwnerSchedule, desired: OwnerSchedule, failed: str, start: datetime | None, cut: datetime
+) -> OwnerSchedule:
+    """A forced failover: the runs ``failed`` owns, dated from ``start`` on (None: of every date), get ``desired``'s
+    owner at once; every other server's runs keep their owner until ``cut`` (so a handover still to come to another
+    server stays), and from ``cut`` on every run gets ``desired``'s owner, as in :func:`splice`."""
+
+    def owner(when: datetime) -> str:
+        if when >= cut:
+            return desired.owner_at(when)
+        if (start is not None and when < start) or old.owner_at(when) != failed:
+            return old.owner_at(when)
+        return desired.owner_at(when)
+
+    moments = sorted({cut, *(h.at for h in old.handovers), *(h.at for h in desired.handovers)})
+    if start is not None:
+        moments = sorted({start, *moments})
+    handovers = tuple(Handover(moment, owner(moment)) for moment in moments)
+    return simplify(OwnerSchedule(owner(moments[0] - timedelta(seconds=1)), handovers))
+
+
 def _segment_start(schedule: OwnerSchedule, host: str, now: datetime) -> tuple[bool, datetime | None]:
     """Whether ``host`` owns runs dated ``now`` or later, and from when (None: from the beginning)."""
     if schedule.owner_at(now) == host:
@@ -161,9 +188,9 @@ def _segment_start(schedule: OwnerSchedule, host: str, now: datetime) -> tuple[b
 @dataclass(frozen=True)
 class _Rules:
     now: datetime
-    cut: datetime
+    cut: datetime  # the earliest handover: now + lead
     failed: str | None
-    since: datetime | None
+    forced_from: datetime  # a forced failover moves the failed server's runs dated from then on
 
 
 def _cut(old: OwnerSchedule | None, rules: _Rules) -> tuple[datetime | None, bool]:
@@ -173,10 +200,16 @@ def _cut(old: OwnerSchedule | None, rules: _Rules) -> tuple[datetime | None, boo
     if rules.failed is not None:
         owns, start = _segment_start(old, rules.failed, rules.now)
         if owns:
-            if rules.since is not None:
-                start = rules.since if start is None else max(start, rules.since)
-            return start, True
+            return rules.forced_from if start is None else max(start, rules.forced_from), True
     return rules.cut, False
+
+
+def _spliced(
+    old: OwnerSchedule | None, desired: OwnerSchedule, cut: datetime | None, forced: bool, rules: _Rules
+) -> OwnerSchedule:
+    if old is None or not forced or rules.failed is None:
+        return splice(old, desired, cut)
+    return forced_splice(old, desired, rules.failed, cut, rules.cut)
 
 
 def _too_soon(old: OwnerSchedule | None, desired: OwnerSchedule, rules: _Rules, where: str) -> str | None:
@@ -235,18 +268,30 @@ def plan(
     lead: float,
     failed: str | None = None,
     since: datetime | None = None,
+    clock_skew: float = 0.0,
 ) -> Plan:
     """The document that moves ``published`` towards ``desired`` without two servers ever owning the same run.
 
     :param lead: seconds from now to the earliest handover: the longest maximum staleness plus the clock skew.
     :param failed: a server known to be down: its runs move at once (a forced failover).
-    :param since: with ``failed``: the move covers runs dated from ``since`` on, not of every date.
+    :param since: with ``failed``: the move covers runs dated from ``since`` on (the operator asserts the failed
+        server ran none of them); without it, runs dated from ``now + clock_skew`` on (the failed server may have run
+        any run dated before, by its own clock).
+    :param clock_skew: seconds any two clocks may differ by.
     """
     if not math.isfinite(lead) or lead < 0:
         raise PublishError(f"the lead time must be a finite number of seconds >= 0, not {lead!r}")
     if since is not None and since > now:
         raise PublishError(f"since ({_format(since)}) is in the future")
-    rules = _Rules(now, ceil_second(now + timedelta(seconds=lead)), normalize_host(failed) if failed else None, since)
+    if not math.isfinite(clock_skew) or clock_skew < 0:
+        raise PublishError(f"the clock skew must be a finite number of seconds >= 0, not {clock_skew!r}")
+    # Without since: the failed server, its clock up to the skew ahead, may have run every run dated before now +
+    # the skew; with since, the operator asserts it ran nothing dated from then on (a fraction rounds up: the
+    # handover is written in whole seconds).
+    forced_from = ceil_second(since if since is not None else now + timedelta(seconds=clock_skew))
+    rules = _Rules(
+        now, ceil_second(now + timedelta(seconds=lead)), normalize_host(failed) if failed else None, forced_from
+    )
     result = Plan({})
 
     def place(key: str, old_entry: Entry | None, new_entry: Entry) -> None:
@@ -254,7 +299,7 @@ def plan(
         cut, forced = _cut(old_sched, rules)
         if not forced and (problem := _too_soon(old_sched, new_entry.schedule, rules, key)):
             result.problems.append(problem)
-        schedule = splice(old_sched, new_entry.schedule, cut)
+        schedule = _spliced(old_sched, new_entry.schedule, cut, forced, rules)
         if change := _change(key, None, old_sched, schedule, cut, forced, now):
             result.changes.append(change)
         tasks: dict[str, OwnerSchedule] = {}
@@ -268,7 +313,7 @@ def plan(
             task_cut, task_forced = _cut(old_task, rules)
             if not task_forced and (problem := _too_soon(old_task, new_task, rules, where)):
                 result.problems.append(problem)
-            spliced = splice(old_task, new_task, task_cut)
+            spliced = _spliced(old_task, new_task, task_cut, task_forced, rules)
             if spliced != schedule:
                 tasks[task] = spliced
             if change := _change(key, task, old_task, spliced, task_cut, task_forced, now):
@@ -404,10 +449,11 @@ class Publisher:
                 )
             time.sleep(0.5)
 
-    def _write_holder(self, token: str, serial: int | None, now: datetime) -> None:
+    def _write_holder(self, token: str, serial: int | None, now: datetime, *, forced: bool = False) -> None:
         info = {
             "token": token,
             "serial": serial,
+            "forced": forced,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": _format(now),
@@ -428,6 +474,7 @@ class Publisher:
         lead: float,
         failed: str | None = None,
         since: datetime | None = None,
+        clock_skew: float = 0.0,
         check: bool = False,
         wait: float = 0.0,
         now: datetime | None = None,
@@ -446,7 +493,14 @@ class Publisher:
         if check:
             with self._locked():
                 return self._issue(
-                    desired, lead=lead, failed=failed, since=since, check=True, now=now, baseline=baseline
+                    desired,
+                    lead=lead,
+                    failed=failed,
+                    since=since,
+                    clock_skew=clock_skew,
+                    check=True,
+                    now=now,
+                    baseline=baseline,
                 )
         if token is None:
             token = self.acquire(wait=wait, now=now)
@@ -458,7 +512,15 @@ class Publisher:
                 )
             try:
                 return self._issue(
-                    desired, lead=lead, failed=failed, since=since, check=False, now=now, baseline=baseline, token=token
+                    desired,
+                    lead=lead,
+                    failed=failed,
+                    since=since,
+                    clock_skew=clock_skew,
+                    check=False,
+                    now=now,
+                    baseline=baseline,
+                    token=token,
                 )
             except Exception:
                 if self.pending_path.exists():
@@ -473,13 +535,14 @@ class Publisher:
         lead: float,
         failed: str | None,
         since: datetime | None,
+        clock_skew: float,
         check: bool,
         now: datetime,
         baseline: Placement | None,
         token: str | None = None,
     ) -> tuple[str, Plan]:
         published = self.published() or baseline
-        the_plan = plan(published, desired, now=now, lead=lead, failed=failed, since=since)
+        the_plan = plan(published, desired, now=now, lead=lead, failed=failed, since=since, clock_skew=clock_skew)
         if the_plan.problems:
             more = len(the_plan.problems) - 1
             raise PublishError(the_plan.problems[0] + (f" (and {more} more)" if more else ""))
@@ -492,7 +555,7 @@ class Publisher:
         assert token is not None
         _replace(self.serial_path, f"{serial}\n")
         _replace(self.pending_path, text)
-        self._write_holder(token, serial, now)
+        self._write_holder(token, serial, now, forced=failed is not None)
         return text, the_plan
 
     def commit(self) -> int:
@@ -505,16 +568,44 @@ class Publisher:
             self.publishing_path.unlink(missing_ok=True)
             return serial.serial if serial else 0
 
-    def abort(self) -> None:
-        """The distribution failed or was given up: release the lock. The serial stays used."""
+    def abort(self) -> int | None:
+        """The distribution failed or was given up: release the lock. The serial stays used, and the next renewal
+        re-issues the published document under a new one (a server that got the given-up copy takes it).
+
+        A forced failover cannot be given up: a server may already run the failed server's runs by it, and taking
+        them back would let the failed server's runs run twice once it returns. Its document becomes the published
+        one instead, as if committed, and its serial is returned (None for anything else).
+        """
         with self._locked():
+            try:
+                forced = bool(json.loads(self.publishing_path.read_text(encoding="utf-8")).get("forced"))
+            except (OSError, ValueError, AttributeError):
+                forced = False
+            if forced and self.pending_path.exists():
+                meta = parse_document(self.pending_path.read_bytes(), origin=str(self.pending_path)).meta
+                os.replace(self.pending_path, self.published_path)
+                self.publishing_path.unlink(missing_ok=True)
+                return meta.serial if meta else 0
             self.pending_path.unlink(missing_ok=True)
             self.publishing_path.unlink(missing_ok=True)
+            return None
 
     def renew(self, now: datetime | None = None) -> str:
-        """The published document with a new renewal time (same serial, same content). Returns its text."""
+        """The published document with a new renewal time (same content). Returns its text.
+
+        Its serial stays, unless a later serial was issued and given up (:meth:`abort`): then it is re-issued under
+        a new serial, so that a server holding the given-up copy accepts it.
+
+        :raises PublishError: while a publish is under way: renewing the old document then would let a server that
+            misses the new one trust the old one past the handovers the new one schedules.
+        """
         now = (now or datetime.now(UTC)).replace(microsecond=0)
         with self._locked():
+            if self.pending_path.exists():
+                raise PublishError(
+                    f"a publish is under way ({self.holder() or 'unknown'}): the published document is renewed again "
+                    "once it is committed or aborted"
+                )
             try:
                 text = self.published_path.read_text(encoding="utf-8")
             except FileNotFoundError:
@@ -523,9 +614,18 @@ class Publisher:
             if count != 1:
                 raise PublishError(f"{self.published_path} has no renewal line; publish it again")
             before = parse_document(text, origin=str(self.published_path))
+            serial = before.meta.serial if before.meta else 0
+            if (issued := self._issued_serial()) > serial:
+                serial = issued + 1
+                renewed, count = _SERIAL_LINE.subn(f"  serial: {serial}", renewed, count=1)
+                if count != 1:
+                    raise PublishError(f"{self.published_path} has no serial line; publish it again")
             after = parse_document(renewed, origin="the renewed document")
-            if after.revision != before.revision or after.meta is None or after.meta.renewed is None:
+            same = after.entries == before.entries and after.meta is not None and after.meta.serial == serial
+            if not same or after.meta is None or after.meta.renewed is None:
                 raise PublishError(f"renewing {self.published_path} would change its content; publish it again")
+            if serial != (before.meta.serial if before.meta else 0):
+                _replace(self.serial_path, f"{serial}\n")
             renewed = _signed(renewed, self.signing_key, str(self.published_path))
             _replace(self.published_path, renewed)
             return renewed

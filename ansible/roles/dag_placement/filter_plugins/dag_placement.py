@@ -161,7 +161,9 @@ def to_document(document: dict[str, Any]) -> str:
     return _HEADER + (body if document else "{}\n")
 
 
-def preview(desired_text: str, published_text: str | None, lead: Any, failed: str = "", since: Any = "") -> str:
+def preview(  # noqa: PLR0917
+    desired_text: str, published_text: str | None, lead: Any, failed: str = "", since: Any = "", clock_skew: Any = 0
+) -> str:
     """The document ``airflow-placement publish`` would issue now (serial and times aside), for ``--check`` runs.
 
     The plan is the package's own (``airflow_placement.publish.plan``); nothing is locked, issued or written.
@@ -175,6 +177,7 @@ def preview(desired_text: str, published_text: str | None, lead: Any, failed: st
         lead=float(lead),
         failed=failed or None,
         since=_timestamp(since) if since else None,
+        clock_skew=float(clock_skew),
     )
     return render(the_plan.data, Meta(1, now, now))
 

@@ -418,3 +418,18 @@ def test_settings_that_are_not_finite_or_are_negative_are_one_line(
     assert main([*args, option, value, "--cache-dir", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+@pytest.mark.parametrize("command", [["publish-lock"], ["publish", "desired.yaml", "--lead", "60"]])
+def test_a_publisher_wait_that_is_not_finite_is_refused(
+    command: list[str], value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``--wait nan`` would wait for ever on a held lock; ``--lead`` likewise refuses what is not seconds."""
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--state-dir", str(tmp_path), "--wait", value])
+    assert caught.value.code == 2
+    assert f"argument --wait: not a finite number of seconds >= 0: {value!r}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["publish", "desired.yaml", "--state-dir", str(tmp_path), "--lead", value])
+    assert "argument --lead: not a finite number of seconds >= 0" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,17 @@ from airflow_placement.watch import WatchError, watch_command
 from airflow_placement.watch import add_commands as add_watch_commands
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds: finite and not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds >= 0: {text!r}")
+    return value
 
 
 def _parse_date(text: str) -> datetime:
@@ -108,7 +120,7 @@ def _add_publisher_commands(commands: Any) -> None:
     publish.add_argument("desired", metavar="DESIRED", help="path of the desired document (its @meta is ignored)")
     publish.add_argument("--state-dir", required=True, help="the publisher's state directory")
     publish.add_argument(
-        "--lead", type=float, required=True, help="seconds: the longest max_staleness plus the clock-skew margin"
+        "--lead", type=_seconds, required=True, help="seconds: the longest max_staleness plus the clock-skew margin"
     )
     publish.add_argument("--out", help="where to write the issued document")
     publish.add_argument("--hosts", metavar="H1,H2,...", help="the servers that exist: refuse other owners")
@@ -129,7 +141,7 @@ def _add_publisher_commands(commands: Any) -> None:
     publish.add_argument("--baseline", help="what the servers hold when nothing was published from this state yet")
     publish.add_argument("--check", action="store_true", help="print the plan; issue nothing, lock nothing")
     publish.add_argument(
-        "--wait", type=float, default=0.0, help="seconds to wait for another publish to finish (default 0)"
+        "--wait", type=_seconds, default=0.0, help="seconds to wait for another publish to finish (default 0)"
     )
     publish.add_argument("--lock-token", help="the publishing lock taken with publish-lock (default: take it now)")
     publish.add_argument("--signing-key", metavar="FILE", help="sign the document with this private key (keygen)")
@@ -142,7 +154,7 @@ def _add_publisher_commands(commands: Any) -> None:
         "pass the token to publish; publish-commit or publish-abort releases it.",
     )
     lock.add_argument("--state-dir", required=True, help="the publisher's state directory")
-    lock.add_argument("--wait", type=float, default=0.0, help="seconds to wait (default 0: stop at once)")
+    lock.add_argument("--wait", type=_seconds, default=0.0, help="seconds to wait (default 0: stop at once)")
 
     for name, text in (
         ("publish-commit", "every copy of the pending document is out: it becomes the published one"),

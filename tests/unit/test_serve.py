@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from confirming_source import TOKENS, Running, write_tokens
+from confirming_source import TOKENS, Running, self_signed, write_tokens
 from placement_server import T0, Clock, with_meta
 
 from airflow_placement.fetch import FetchSettings, load_placement
@@ -155,6 +155,26 @@ def test_the_servers_fetch_path_sends_its_own_token(
     assert loaded.origin == "source"
     assert running.last("server-2") == T0
     assert running.last("server-1") is None
+
+
+def test_https_the_servers_fetch_path_sends_its_token_and_the_publisher_uploads(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS (a certificate made here, trusted through REQUESTS_CA_BUNDLE as a server would)."""
+    tls = self_signed(tmp_path / "tls")
+    serve = Running(tmp_path / "state", write_tokens(tmp_path / "tokens.yaml"), clock, tls=tls)
+    try:
+        assert serve.url.startswith("https://")
+        assert serve.client.upload(with_meta(4, T0).decode()) == 4
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls[0]))
+        monkeypatch.setenv("PLACEMENT_TOKEN", TOKENS["server-1"])
+        settings = FetchSettings(
+            source=serve.url, ttl=5, max_staleness=60, token_env="PLACEMENT_TOKEN", cache_dir=tmp_path / "cache"
+        )
+        assert load_placement(settings, clock=clock, started=lambda: T0 - 3600).origin == "source"
+        assert serve.last("server-1") == T0
+    finally:
+        serve.stop()
 
 
 def test_a_bad_tokens_file_is_one_line(tmp_path: Path) -> None:

@@ -408,6 +408,14 @@ def test_the_watch_command(world: World, tmp_path: Path) -> None:
         "watch (dry run): sees 3 of 3 voters (the servers and the source): a majority, watching"
     ]
 
+    checked = subprocess.run(
+        [sys.executable, "-m", "airflow_placement.cli", "watch", "--config", str(config), "--check-config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert checked.stdout == f"{config}: valid, 2 servers\n"
+
     config.write_text(yaml.safe_dump({**_config_dict(world), "grace": "soon"}))
     result = subprocess.run(
         [sys.executable, "-m", "airflow_placement.cli", "watch", "--config", str(config), "--once"],
@@ -430,3 +438,34 @@ def test_a_published_document_the_source_lacks_is_uploaded(world: World) -> None
     assert world.source.client.confirmations()["serial"] == 2
     assert world.source.get(TOKENS["server-1"]).text == text
     assert any("uploaded serial 2, published but not yet served" in line for line in world.lines)
+
+
+def test_every_action_is_posted_to_the_webhook(world: World) -> None:
+    posted: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        world.config = WatchConfig.from_dict(
+            {**_config_dict(world), "webhook": f"http://127.0.0.1:{hook.server_address[1]}/hook"}
+        )
+        world.confirm_all_up()
+        world.airflow["server-1"].state = "down"
+        watchdog = world.watchdog()
+        watchdog.cycle()
+        run_for(world, watchdog, 70)
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    assert [item["text"] for item in posted] == world.lines
+    assert any("scheduled handover" in line for line in world.lines)
+    assert any("forced move" in line for line in world.lines)

@@ -42,6 +42,7 @@ import hmac
 import json
 import os
 import secrets
+import ssl
 import tempfile
 import threading
 import time
@@ -379,13 +380,33 @@ class ServeHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    source: ConfirmingSource, bind: str, port: int, path: str, log: Callable[[str], None] = print
+    source: ConfirmingSource,
+    bind: str,
+    port: int,
+    path: str,
+    *,
+    log: Callable[[str], None] = print,
+    tls: tuple[Path, Path] | None = None,
 ) -> ThreadingHTTPServer:
-    """An HTTP server for ``source`` serving the document at ``/path`` (not started)."""
+    """An HTTP(S) server for ``source`` serving the document at ``/path`` (not started).
+
+    :param tls: a certificate (chain) file and its key file: serve HTTPS. The servers send their tokens only over
+        HTTPS, unless the source is on their own host.
+    """
     handler = type(
         "Handler", (ServeHandler,), {"source": source, "path_name": "/" + path.lstrip("/"), "log": staticmethod(log)}
     )
-    return ThreadingHTTPServer((bind, port), handler)
+    server = ThreadingHTTPServer((bind, port), handler)
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(*tls)
+        except (OSError, ssl.SSLError) as exc:
+            server.server_close()
+            raise ServeError(f"cannot load the TLS certificate {tls[0]} and key {tls[1]}: {exc}") from None
+        # The handshake happens in the request's thread, so a slow client cannot hold up the others.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    return server
 
 
 @dataclass
@@ -394,11 +415,13 @@ class SourceClient:
 
     :param url: the document's URL, as the servers fetch it.
     :param token: the publisher's token.
+    :param ca: a CA bundle that trusts the source's certificate (default: the system's, or ``REQUESTS_CA_BUNDLE``).
     """
 
     url: str
     token: str
     timeout: float = 10.0
+    ca: str | None = None
 
     def _base(self) -> str:
         return self.url.rsplit("/", 1)[0]
@@ -406,7 +429,8 @@ class SourceClient:
     def _call(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
-            return requests.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            verify: str | bool = self.ca or True
+            return requests.request(method, url, headers=headers, timeout=self.timeout, verify=verify, **kwargs)
         except requests.RequestException as exc:
             raise ServeError(f"{method} {url}: {type(exc).__name__}") from None
 
@@ -452,6 +476,8 @@ def add_commands(commands: Any) -> None:
     serve.add_argument(
         "--path", default="airflow-dag-on-server.yaml", help="the document's path in URLs (default %(default)s)"
     )
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (chain), PEM (needs --tls-key)")
+    serve.add_argument("--tls-key", help="the certificate's private key, PEM")
     token = commands.add_parser(
         "serve-token",
         help="make a token for serve",
@@ -461,12 +487,18 @@ def add_commands(commands: Any) -> None:
 
 
 def serve_command(args: Any) -> int:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ServeError("--tls-cert and --tls-key go together")
+    tls = (Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
     source = ConfirmingSource(Path(args.state_dir), Tokens.load(Path(args.tokens)))
-    server = make_server(source, args.bind, args.port, args.path)
-    print(
-        f"serve: http://{args.bind}:{server.server_address[1]}/{args.path.lstrip('/')} from {args.state_dir}",
-        flush=True,
-    )
+    try:
+        server = make_server(source, args.bind, args.port, args.path, tls=tls)
+    except ServeError:
+        source.close()
+        raise
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{args.bind}:{server.server_address[1]}/{args.path.lstrip('/')}"
+    print(f"serve: {url} from {args.state_dir}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

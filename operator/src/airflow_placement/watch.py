@@ -83,6 +83,7 @@ class WatchConfig:
     max_staleness: float
     clock_skew: float
     publisher_token_env: str = "AIRFLOW_PLACEMENT_PUBLISHER_TOKEN"
+    source_ca: str | None = None  # a CA bundle that trusts the source's certificate
     interval: float = 10.0
     grace: float = 60.0
     source_cache: float = 0.0
@@ -328,7 +329,7 @@ class Watchdog:
         token = os.environ.get(config.publisher_token_env)
         if not token:
             raise WatchError(f"the environment variable {config.publisher_token_env} (the publisher's token) is empty")
-        self.source = SourceClient(config.source, token)
+        self.source = SourceClient(config.source, token, ca=config.source_ca)
         self.state_path = config.state_dir / STATE_FILE
         self.state = State.load(self.state_path)
         self.said: set[str] = set()
@@ -695,10 +696,15 @@ def add_commands(commands: Any) -> None:
     watch.add_argument("--config", required=True, help="the watchdog's YAML configuration")
     watch.add_argument("--once", action="store_true", help="one check (and at most one action per server), then exit")
     watch.add_argument("--dry-run", action="store_true", help="only say what it would do")
+    watch.add_argument("--check-config", action="store_true", help="only check the configuration file, then exit")
 
 
 def watch_command(args: Any) -> int:
-    watchdog = Watchdog(WatchConfig.load(Path(args.config)), dry_run=args.dry_run)
+    config = WatchConfig.load(Path(args.config))
+    if args.check_config:
+        print(f"{args.config}: valid, {len(config.servers)} servers")
+        return 0
+    watchdog = Watchdog(config, dry_run=args.dry_run)
     with contextlib.suppress(KeyboardInterrupt):
         watchdog.run(once=args.once)
     sys.stdout.flush()

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12/13 machine for airflow-placement development, tests and the demo: the host packages
-# the tools need (debootstrap, the system Python's apt bindings, ...), the Python virtual environment at .venv with
-# pinned versions, then Podman the way the servers get it: the project's podman role applied to this machine
-# (scripts/host-podman.yml: packages, containers.conf, the compose tool, the API on /run/podman/podman.sock and
-# /run/docker.sock). Safe to run again: a second run changes nothing.
+# the tools need (debootstrap, the system Python's apt bindings, chromium for the browser test, ...), the Python
+# virtual environment at .venv with pinned versions, then Podman the way the servers get it: the project's podman
+# role applied to this machine (scripts/host-podman.yml: packages, containers.conf, the compose tool, the API on
+# /run/podman/podman.sock and /run/docker.sock). Safe to run again: a second run changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 step "Debian packages"
-packages=(python3-venv python3-apt debootstrap busybox-static git make curl)
+packages=(python3-venv python3-apt debootstrap busybox-static git make curl chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,0 +1,146 @@
+"""The placement_watchdog role on this machine (``ansible_connection: local``): the tokens it generates, the
+configuration it writes and validates, and that the confirming source accepts exactly those tokens. This machine has
+no systemd, so the services themselves are left out (``placement_watchdog_service: false``); the rendered watchdog
+configuration is run once (``watch --once --dry-run``) against a real ``serve`` started from the rendered tokens file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airflow_placement.serve import SourceClient, Tokens
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+ENV = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_ROLES_PATH": str(ROOT / "ansible" / "roles")}
+
+
+def play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
+    inventory = tmp_path / "inventory" / "hosts.yml"
+    inventory.parent.mkdir(parents=True, exist_ok=True)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "hosts": {"localhost": local},
+                    "children": {
+                        "airflow_servers": {
+                            "hosts": {
+                                "server-1": {**local, "dag_placement_failover_order": ["server-2"]},
+                                "server-2": local,
+                            }
+                        }
+                    },
+                }
+            }
+        )
+    )
+    settings = {
+        "placement_watchdog_service": False,
+        "placement_watchdog_config_dir": str(tmp_path / "etc"),
+        "placement_watchdog_state_dir": str(tmp_path / "state"),
+        "placement_watchdog_source_url": "http://127.0.0.1:8765/airflow-dag-on-server.yaml",
+        "placement_watchdog_api_urls": {"server-1": "http://127.0.0.1:1", "server-2": "http://127.0.0.1:2"},
+        **extra,
+    }
+    return subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(ROOT / "ansible" / "watchdog.yml"),
+            "-e",
+            json.dumps(settings),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("watchdog-role")
+    first = play(tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = play(tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "changed=0" in second.stdout.split("PLAY RECAP", 1)[1]  # idempotent: the tokens are generated once
+    return tmp_path
+
+
+def test_each_server_has_its_own_token_and_the_source_knows_only_their_hashes(rendered: Path) -> None:
+    secrets = rendered / "inventory" / ".secrets" / "airflow_placement"
+    tokens = {p.stem: p.read_text().strip() for p in secrets.glob("*.token")}
+    assert sorted(tokens) == ["publisher", "server-1", "server-2"]
+    assert len(set(tokens.values())) == 3
+    written = (rendered / "etc" / "serve-tokens.yaml").read_text()
+    assert not any(token in written for token in tokens.values())
+    known = Tokens.load(rendered / "etc" / "serve-tokens.yaml")
+    assert known.server(tokens["server-1"]) == "server-1"
+    assert known.server(tokens["server-2"]) == "server-2"
+    assert known.is_publisher(tokens["publisher"])
+    env = rendered / "etc" / "watch.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert f"AIRFLOW_PLACEMENT_PUBLISHER_TOKEN={tokens['publisher']}" in env.read_text()
+
+
+def test_the_rendered_configuration_runs_against_the_rendered_source(rendered: Path) -> None:
+    config = yaml.safe_load((rendered / "etc" / "watch.yaml").read_text())
+    assert [(s["name"], s["failover_order"]) for s in config["servers"]] == [
+        ("server-1", ["server-2"]),
+        ("server-2", []),
+    ]
+    assert config["publisher_dir"] == str(rendered / "inventory" / ".placement")
+    publisher = (rendered / "inventory" / ".secrets" / "airflow_placement" / "publisher.token").read_text().strip()
+    cli = [sys.executable, "-m", "airflow_placement.cli"]
+    serve = subprocess.Popen(
+        [
+            *cli,
+            "serve",
+            "--state-dir",
+            str(rendered / "state" / "serve"),
+            "--tokens",
+            str(rendered / "etc" / "serve-tokens.yaml"),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert serve.stdout is not None
+        url = serve.stdout.readline().split()[1]
+        assert SourceClient(url, publisher).confirmations()["servers"] == {}
+        (rendered / "etc" / "watch.yaml").write_text(yaml.safe_dump({**config, "source": url}))
+        watched = subprocess.run(
+            [*cli, "watch", "--config", str(rendered / "etc" / "watch.yaml"), "--once", "--dry-run"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "AIRFLOW_PLACEMENT_PUBLISHER_TOKEN": publisher},
+            check=False,
+        )
+    finally:
+        serve.terminate()
+        serve.wait(timeout=10)
+    assert watched.returncode == 0, watched.stderr
+    # Neither fake API answers (ports 1 and 2): the watchdog sees only the source, and stays put.
+    assert "no majority" in watched.stdout
+
+
+def test_a_plain_http_source_off_this_host_is_refused_in_one_line(tmp_path: Path) -> None:
+    run = play(tmp_path, placement_watchdog_source_url="http://192.0.2.1:8765/airflow-dag-on-server.yaml")
+    assert run.returncode != 0
+    assert "the servers send their tokens only over HTTPS" in run.stdout

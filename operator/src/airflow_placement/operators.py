@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.docker.operators.docker import DockerOperator
-from airflow.sdk import conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_placement.decision import Decision, decide
-from airflow_placement.fetch import PlacementUnavailable, load_placement
-from airflow_placement.settings import (
-    KEYS,
-    SECTION,
-    GateSettings,
-    NotOwner,
-    OnUnavailable,
-    check_choice,
-    gate_settings,
-)
+from airflow_placement.gate import SettingsError, configured, gate
+from airflow_placement.settings import GateSettings, NotOwner, OnUnavailable, check_choice
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def run_date(context: Context) -> datetime:
-    """The date that decides a run's owner: its logical date, or run_after for runs that have none."""
-    logical_date = context.get("logical_date")
-    if logical_date is not None:
-        return logical_date
-    return context["dag_run"].run_after
 
 
 class GatedDockerOperator(DockerOperator):
@@ -57,6 +38,7 @@ class GatedDockerOperator(DockerOperator):
     """
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "placement_source")
+    placement_gates_itself: ClassVar[bool] = True  # the cluster policy leaves the decision to execute
 
     def __init__(
         self,
@@ -90,46 +72,24 @@ class GatedDockerOperator(DockerOperator):
             "ttl": self.placement_ttl,
             "max_staleness": self.placement_max_staleness,
         }
-        config = {key: conf.get(SECTION, key, fallback=None) for key in KEYS}
         try:
-            return gate_settings(overrides, config)
-        except ValueError as exc:
+            return configured(overrides)
+        except SettingsError as exc:
             raise AirflowFailException(f"placement: invalid settings: {exc}") from None
 
-    def execute(self, context: Context) -> Any:
+    def execute(self, context: Context | None) -> Any:
+        """Decide (:func:`airflow_placement.gate.gate`), then run the container on the owner.
+
+        :param context: the task's context; without a run in it (``None`` or ``{}``) the gate decides for the DAG
+            at the current time.
+        """
         settings = self.placement_settings()
-        run_id = context["run_id"]
-        try:
-            if not settings.host:
-                raise PlacementUnavailable("this server's name is unknown: set HOST_HOSTNAME or [placement] host")
-            loaded = load_placement(settings.fetch)
-        except (PlacementUnavailable, OSError) as exc:  # OSError: the cache directory is not usable
-            message = f"placement: decision=refuse dag={self.dag_id} task={self.task_id} run={run_id} reason={exc}"
-            self.log.error("%s", message)
-            if settings.on_unavailable == "fail":
-                raise AirflowException(message) from None
-            raise AirflowSkipException(message) from None
-        if loaded.note:
-            self.log.warning("placement: %s", loaded.note)
-        decision = decide(
-            loaded.placement,
-            dag_id=self.dag_id,
-            task_id=self.task_id,
-            host=settings.host,
-            when=run_date(context),
-            now=datetime.now(UTC),
-            horizon=timedelta(seconds=settings.fetch.max_staleness),
+        decision = gate(
+            context, dag_id=self.dag_id, task_id=self.task_id, settings=settings, log=self.log, can_echo=True
         )
-        meta = loaded.placement.meta
-        self.log.info("%s", _log_line(decision, run_id, meta.serial if meta else None))
-        if decision.run:
-            return super().execute(context)
-        if settings.not_owner == "fail":
-            raise AirflowFailException(f"placement: this server is not the owner: {decision.reason}")
-        if settings.not_owner == "echo":
+        if not decision.run:  # not_owner = echo
             self.command = ["echo", f"NOT CORRECT SERVER: {decision.reason}"]
-            return super().execute(context)
-        raise AirflowSkipException(f"placement: {decision.reason}")
+        return super().execute(context)  # type: ignore[arg-type]
 
 
 class SCDockerOperator(GatedDockerOperator):
@@ -138,11 +98,3 @@ class SCDockerOperator(GatedDockerOperator):
     Unlike the original, a server that does not own the run skips the task instead of running an ``echo``
     container; set ``[placement] not_owner = echo`` to keep the old behaviour.
     """
-
-
-def _log_line(decision: Decision, run_id: str, serial: int | None) -> str:
-    return (
-        f"placement: decision={decision.decision} dag={decision.dag_id} task={decision.task_id} run={run_id} "
-        f"host={decision.host} owner={decision.owner} serial={serial if serial is not None else '-'} "
-        f"revision={decision.revision} reason={decision.reason}"
-    )

@@ -34,6 +34,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
     echo "$want" > "$stamp"
 fi
+# The editable install leaves a second copy of the package's metadata next to its code, which is on sys.path: Airflow
+# would then load the package's plugin twice and report the second as an import error.
+rm -rf operator/src/airflow_placement.egg-info
 .venv/bin/airflow-placement --version
 
 step "Podman on this machine: the podman role (scripts/host-podman.yml)"

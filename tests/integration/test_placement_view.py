@@ -204,6 +204,15 @@ def rows(browser: WebDriver, table: str) -> list[str]:
     return [row.text for row in browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
 
 
+def test_the_plugin_loads_once_without_errors(server: Server) -> None:
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    errors = requests.get(f"{server.url}/api/v2/plugins/importErrors", headers=headers, timeout=WAIT).json()
+    assert errors["import_errors"] == []
+    plugins = requests.get(f"{server.url}/api/v2/plugins", headers=headers, timeout=WAIT).json()["plugins"]
+    [placement] = [plugin for plugin in plugins if plugin["name"] == "placement"]
+    assert [view["url_route"] for view in placement["external_views"]] == ["placement"]
+
+
 def test_the_json_api_needs_a_login(server: Server) -> None:
     assert requests.get(f"{server.url}/placement/api/state", timeout=WAIT).status_code == 401
     page = requests.get(f"{server.url}/placement/", timeout=WAIT, allow_redirects=False)

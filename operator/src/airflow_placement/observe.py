@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import filelock
 
@@ -45,6 +45,12 @@ METRIC_LEASE_AGE = "placement.lease_age"  # a gauge: seconds since the publisher
 METRIC_SOURCE_FAILURE = "placement.source_failure"  # a counter: failed reads of the source
 
 log = logging.getLogger(__name__)
+
+
+class TaskLog(Protocol):
+    """A task's logger (Airflow's, or the standard library's): all :func:`decided` needs of it."""
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ def decided(
     *,
     context: Mapping[str, Any] | None,
     loaded: Loaded,
-    log: logging.Logger | logging.LoggerAdapter[Any],
+    log: TaskLog,
 ) -> Event:
     """What the gate calls once it has decided: record and count the decision, and for a run triggered by hand that
     does not run here, log who owns it and where to trigger it.

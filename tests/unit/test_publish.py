@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_placement.decision import decide
-from airflow_placement.document import Handover, OwnerSchedule, Placement, parse_document
-from airflow_placement.publish import Publisher, PublishError, ceil_second, plan, splice
+from airflow_placement.document import Handover, Meta, OwnerSchedule, Placement, parse_document
+from airflow_placement.publish import Publisher, PublishError, ceil_second, plan, render, splice
 
 NOW = datetime(2026, 11, 30, 5, 0, 0, 500_000, tzinfo=UTC)
 LEAD = 65.0
@@ -66,7 +66,9 @@ def test_no_run_changes_owner_sooner_than_the_lead_unless_its_owner_failed(
     published = plan(None, _render(first), now=NOW, lead=LEAD)
     old = doc(_publish_text(published.data))
     new_plan = plan(old, _render(second), now=NOW, lead=LEAD, failed=failed)
-    assert not new_plan.problems
+    if new_plan.problems:  # refused: only a pattern change that might move a DAG at once
+        assert all("pattern" in problem for problem in new_plan.problems), new_plan.problems
+        return
     new = doc(_publish_text(new_plan.data))
     cut = ceil_second(NOW + timedelta(seconds=LEAD))
     for dag in ("dag_a", "dag_b", "etl_x", "etl_y", "other"):
@@ -180,6 +182,80 @@ def test_a_removed_entry_keeps_its_runs_until_the_cut_when_a_pattern_takes_over(
     assert decide(new, dag_id="reports", task_id=None, host="s1", when=NOW).owner == "s2"
     later = NOW + timedelta(seconds=LEAD + 1)
     assert decide(new, dag_id="reports", task_id=None, host="s1", when=later).owner == "s1"
+
+
+# --- patterns -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("published", "desired", "problem"),
+    [
+        (  # etl_sales is *_sales's (s2); the new pattern is spliced onto etl_*'s owner (s1): s1 at once
+            '"etl_*": s1\n"*_sales": s2\n',
+            '"etl_*": s1\n"*_sales": s2\n"etl_sal*": s3\n',
+            "the new pattern 'etl_sal*' may match DAGs that '*_sales' decides in the published document",
+        ),
+        (  # no old entry matches the new pattern's text, but *s decides etl_sales
+            '"*s": s2\n',
+            '"*s": s2\n"etl_*": s1\n',
+            "the new pattern 'etl_*' may match DAGs that '*s' decides",
+        ),
+        (  # etl_sales was etl_*'s (s1); without it, *s's (s2) at once
+            '"etl_*": s1\n"*s": s2\n',
+            '"*s": s2\n',
+            "dropping the pattern 'etl_*' may give DAGs it decides to '*s' at once",
+        ),
+        (  # equally specific: tried as written; etl_sales goes from a_* order to the other
+            '"etl_*": s1\n"*_sales": s2\n"*tl_s*": s3\n',
+            '"*tl_s*": s3\n"etl_*": s1\n"*_sales": s2\n',
+            "the patterns '*tl_s*' and 'etl_*' would be tried in the other order",
+        ),
+    ],
+)
+def test_a_pattern_change_that_could_move_a_dag_at_once_is_refused(published: str, desired: str, problem: str) -> None:
+    result = plan(doc(published), doc(desired), now=NOW, lead=LEAD)
+    assert any(problem in p for p in result.problems), result.problems
+
+
+@pytest.mark.parametrize(
+    ("published", "desired"),
+    [
+        ('"etl_*": s1\n"*_sales": s2\n', '"etl_*": s1\n"*_sales": s2\n"rep_*": s3\n'),  # no common DAG id
+        ('"etl_*": s1\n"*_sales": s1\n', '"etl_*": s1\n"*_sales": s1\n"etl_sal*": s3\n'),  # same owner either way
+        ('"etl_*": s1\n"*_sales": s2\n', '"etl_*": s1\n"*_sales": s2\n"etl_*_sales": s3\n'),  # outranks neither
+        ('"etl_*": s1\n"rep_*": s2\n', '"rep_*": s2\n"etl_*": s1\n'),  # reordered, but disjoint
+        ('"*": s1\n', '"*": s1\netl_sales: s2\n'),  # an explicit entry is spliced by its DAG id
+    ],
+)
+def test_a_pattern_change_that_moves_no_dag_at_once_is_planned(published: str, desired: str) -> None:
+    result = plan(doc(published), doc(desired), now=NOW, lead=LEAD)
+    assert result.problems == []
+
+
+@given(
+    st.lists(st.sampled_from(["etl_*", "*_sales", "*s", "etl_s*", "rep_*", "*", "e?l_*", "*_[sx]ales"]), max_size=4),
+    st.lists(st.sampled_from(["etl_*", "*_sales", "*s", "etl_s*", "rep_*", "*", "e?l_*", "*_[sx]ales"]), max_size=4),
+    st.lists(st.sampled_from(["s1", "s2", "s3"]), min_size=8, max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_no_dag_changes_owner_sooner_than_the_lead_through_patterns(
+    old_keys: list[str], new_keys: list[str], owners: list[str]
+) -> None:
+    """Whatever patterns are added, dropped or reordered: a plan without problems gives every DAG id, for runs dated
+    before the cut, the owner the published document gives it."""
+    old = parse_document("".join(f'"{k}": {owners[i]}\n' for i, k in enumerate(dict.fromkeys(old_keys))) or "{}")
+    new = parse_document("".join(f'"{k}": {owners[-1 - i]}\n' for i, k in enumerate(dict.fromkeys(new_keys))) or "{}")
+    result = plan(old, new, now=NOW, lead=LEAD)
+    if result.problems:
+        return
+    issued = parse_document(render(result.data, Meta(1, NOW, NOW)))
+    for dag_id in ["etl_sales", "etl_stock", "rep_sales", "etl_xales", "eXl_sales", "other", "sales", "etl_"]:
+        before = old.entry_for(dag_id)
+        after = issued.entry_for(dag_id)
+        was = before.schedule.owner_at(NOW) if before else None
+        now_owner = after.schedule.owner_at(NOW) if after else None
+        if was is not None:  # a DAG nothing placed ran nowhere: placing it at once is safe
+            assert now_owner in (was, None), (dag_id, was, now_owner, result.data)
 
 
 # --- the publisher's state ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ followed by a renewal under a new serial. A forced failover cannot be given up: 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -43,6 +44,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airflow_placement.document import (
+    _GLOB_CHARS,
+    _WILDCARDS,
     META_KEY,
     DocumentError,
     Entry,
@@ -320,8 +323,10 @@ def plan(
                 result.changes.append(change)
         result.data[key] = _entry_data(schedule, tasks)
 
+    by_key = {e.key: e for e in published.entries} if published else {}
     for entry in desired.entries:
-        place(entry.key, published.entry_for(entry.key) if published else None, entry)
+        # an entry of the published document by its key (a pattern's own text need not match the pattern)
+        place(entry.key, by_key.get(entry.key) or (published.entry_for(entry.key) if published else None), entry)
     if published is not None:
         for entry in published.entries:
             if entry.key in result.data:
@@ -331,7 +336,107 @@ def plan(
                 result.changes.append(Change(entry.key, None, entry.schedule.owner_at(now), "nobody", None, False))
                 continue  # a DAG that no entry matches runs nowhere: dropping it can only stop runs
             place(entry.key, entry, Entry(entry.key, entry.line, successor.schedule, successor.tasks))
+        result.problems += pattern_problems(published, desired, list(result.data))
+        result.problems += order_problems(published, list(result.data))
     return result
+
+
+# --- Patterns -------------------------------------------------------------------------------------------------------
+# A handover is scheduled per entry, and a new entry is spliced onto the entry the published document gives its own
+# text. For a DAG id, a pattern added, dropped or reordered can change which entry decides it, and so its owner at
+# once. The checks below refuse those changes unless no DAG id can be affected (conservatively: two patterns may
+# match a common DAG id unless their literal starts or ends exclude it).
+
+
+def _literal_ends(pattern: str) -> tuple[str, str]:
+    spans = [m.span() for m in _WILDCARDS.finditer(pattern)]
+    if not spans:
+        return pattern, pattern
+    return pattern[: spans[0][0]], pattern[spans[-1][1] :]
+
+
+def may_overlap(first: str, second: str) -> bool:
+    """Whether some DAG id might match both patterns (False only when none can)."""
+    (start_a, end_a), (start_b, end_b) = _literal_ends(first), _literal_ends(second)
+    starts = start_a.startswith(start_b) or start_b.startswith(start_a)
+    ends = end_a.endswith(end_b) or end_b.endswith(end_a)
+    return starts and ends
+
+
+def contains(outer: str, inner: str) -> bool:
+    """Whether every DAG id ``inner`` matches, ``outer`` matches too (False when that cannot be told simply): true
+    when ``outer`` has no wildcard but ``*`` and matches ``inner``'s own text."""
+    if _WILDCARDS.sub("", outer) != outer.replace("*", "") or any(c in outer.replace("*", "") for c in "?[]!"):
+        return False
+    return fnmatch.fnmatchcase(inner, outer)
+
+
+def _same_owners(first: Entry | None, second: Entry | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return first.schedule == second.schedule and first.tasks == second.tasks
+
+
+def _rank(keys: list[str]) -> dict[str, int]:
+    """Where each pattern of a document with ``keys`` (in order) is tried: most literal characters first."""
+    patterns = [k for k in keys if _GLOB_CHARS.search(k)]
+    return {k: i for i, k in enumerate(sorted(patterns, key=lambda k: (-len(_WILDCARDS.sub("", k)), keys.index(k))))}
+
+
+def pattern_problems(published: Placement, desired: Placement, keys: list[str]) -> list[str]:
+    """Pattern changes that could give a DAG another owner at once (see the comment above); ``keys``: the new
+    document's keys in order."""
+    problems = []
+    old_patterns = [e for e in published.entries if e.is_pattern]
+    new_rank = _rank(keys)
+    old_rank = _rank([e.key for e in published.entries])
+    advice = "publish explicit entries for the DAGs concerned first, or change one pattern at a time"
+    for pattern in (e for e in desired.entries if e.is_pattern):
+        if pattern.key in old_rank or pattern.key not in new_rank:
+            continue
+        base = published.entry_for(pattern.key)
+        for other in old_patterns:
+            if other is base or _same_owners(other, base) or not may_overlap(pattern.key, other.key):
+                continue
+            if base is not None and contains(base.key, pattern.key) and old_rank[base.key] < old_rank[other.key]:
+                continue  # every DAG id the new pattern matches, base matches too, and base is tried first
+            if other.key in new_rank and new_rank[other.key] < new_rank[pattern.key]:
+                continue  # it still decides the DAG ids both match
+            problems.append(
+                f"the new pattern {pattern.key!r} may match DAGs that {other.key!r} decides in the published document "
+                f"and would take them at once; {advice}"
+            )
+    for dropped in (e for e in old_patterns if desired.entry_for(e.key) is None):
+        for pattern in (e for e in desired.entries if e.is_pattern):
+            # until its handovers, a pattern of the new document carries the owners the published one gives its text
+            carried = published.entry_for(pattern.key)
+            if pattern.key in old_rank and old_rank[pattern.key] < old_rank[dropped.key]:
+                continue  # it decided the DAG ids both match before too
+            if may_overlap(dropped.key, pattern.key) and not _same_owners(dropped, carried):
+                problems.append(
+                    f"dropping the pattern {dropped.key!r} may give DAGs it decides to {pattern.key!r} at once; "
+                    + advice
+                )
+    return problems
+
+
+def order_problems(published: Placement, keys: list[str]) -> list[str]:
+    """Patterns of the published document that the new document, its keys in ``keys`` order, ranks the other way
+    round (equally specific patterns are tried as written), where a DAG id both match would change owner at once."""
+    old = {e.key: e for e in published.entries}
+    old_rank = _rank([e.key for e in published.entries])
+    kept = [k for k in keys if k in old_rank]
+    ranked = sorted(kept, key=lambda k: (-len(_WILDCARDS.sub("", k)), kept.index(k)))
+    problems = []
+    for later, key in enumerate(ranked):
+        for earlier in ranked[:later]:
+            swapped = old_rank[earlier] > old_rank[key]
+            if swapped and may_overlap(earlier, key) and not _same_owners(old[earlier], old[key]):
+                problems.append(
+                    f"the patterns {earlier!r} and {key!r} would be tried in the other order, which may move DAGs "
+                    "both match at once; keep their order (equally specific patterns are tried as written)"
+                )
+    return problems
 
 
 def render(data: dict[str, Any], meta: Meta, signing_key: Ed25519PrivateKey | None = None) -> str:

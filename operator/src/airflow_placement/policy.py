@@ -32,7 +32,12 @@ HOOK = "pre_execute"
 
 
 def gate_task(context: Mapping[str, Any]) -> None:
-    """The ``pre_execute`` hook the policy gives each task: decide for this task of this run, skip or fail."""
+    """The placement gate (airflow_placement.policy): does this server run this task of this run?"""
+    _gate(context)
+
+
+def _gate(context: Mapping[str, Any]) -> None:
+    """Decide for this task of this run; log; skip or fail unless it runs here (or its DAG opted out)."""
     from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415 - loaded only when a task runs
 
     from airflow_placement.gate import SettingsError, configured, gate, run_of  # noqa: PLC0415

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from placement_server import T0, Clock
 
 from airflow_placement.decision import decide
 from airflow_placement.document import Placement, parse_document
+from airflow_placement.fetch import FetchSettings, PlacementUnavailable, load_placement
 from airflow_placement.publish import Publisher
 from airflow_placement.watch import HEALTH_PATH, WatchConfig, Watchdog
 
@@ -150,6 +151,12 @@ class World:
         meta = self.published().meta
         assert meta is not None
         return meta.serial
+
+    def owner_change(self, dag: str) -> float:
+        """When the published document's first handover of ``dag`` takes effect (a Unix time)."""
+        entry = self.published().entry_for(dag)
+        assert entry is not None and entry.schedule.handovers
+        return entry.schedule.handovers[0].at.timestamp()
 
     def owner(self, dag: str, when: float) -> str | None:
         moment = datetime.fromtimestamp(when, UTC)
@@ -469,3 +476,83 @@ def test_every_action_is_posted_to_the_webhook(world: World) -> None:
     assert [item["text"] for item in posted] == world.lines
     assert any("scheduled handover" in line for line in world.lines)
     assert any("forced move" in line for line in world.lines)
+
+
+class Gate:
+    """One server's gate: the package's own fetch, lease and decision code, with its own token and cache."""
+
+    def __init__(self, world: World, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.world, self.name, self.monkeypatch = world, name, monkeypatch
+        self.env = f"PLACEMENT_TOKEN_{name[-1]}"
+        monkeypatch.setenv(self.env, TOKENS[name])
+        self.settings = FetchSettings(
+            source=world.source.url,
+            ttl=5,
+            max_staleness=MAX_STALENESS,
+            clock_skew=CLOCK_SKEW,
+            retries=0,
+            token_env=self.env,
+            cache_dir=world.tmp / f"cache-{name}",
+        )
+
+    def cut_off(self) -> None:
+        """Its route to the source is gone: every request fails (as a wrong token does: 401, nothing confirmed)."""
+        self.monkeypatch.setenv(self.env, "no-route")
+
+    def runs(self, dag: str, when: float) -> bool:
+        try:
+            loaded = load_placement(self.settings, clock=self.world.clock, started=lambda: T0 - 3600)
+        except PlacementUnavailable:
+            return False
+        moment = datetime.fromtimestamp(when, UTC)
+        horizon = timedelta(seconds=MAX_STALENESS)
+        return decide(
+            loaded.placement, dag_id=dag, task_id="work", host=self.name, when=moment, now=moment, horizon=horizon
+        ).run
+
+
+@pytest.mark.parametrize("fault", ["crash", "partition"])
+def test_end_to_end_no_run_twice_and_none_after_the_proven_stop_lost(
+    world: World, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A run every 10 s of dag_a (server-1's), decided by both servers' real gates; server-1 crashes, or is cut off
+    from the source and the watchdog while it keeps running, at T0 + 100. The watchdog moves dag_a without a person."""
+    monkeypatch.setenv("API_PASSWORD", "secret")
+    world.config = WatchConfig.from_dict(
+        {**_config_dict(world), "api_user": "admin", "api_password_env": "API_PASSWORD"}
+    )
+    gates = {name: Gate(world, name, monkeypatch) for name in ("server-1", "server-2")}
+    successor = world.airflow["server-2"]
+    watchdog = world.watchdog()
+    ran: dict[float, list[str]] = {}
+    alive = {"server-1", "server-2"}
+    for tick in range(41):
+        now = T0 + 10 * tick
+        world.clock.now = now
+        if now == T0 + 100:
+            world.airflow["server-1"].state = "down"
+            if fault == "crash":
+                alive.discard("server-1")
+            else:
+                gates["server-1"].cut_off()
+        for name in sorted(alive):
+            if gates[name].runs("dag_a", now):
+                ran.setdefault(now, []).append(name)
+            elif name == "server-2":
+                successor.skipped.append(_ti("dag_a", now))
+        watchdog.cycle()
+    for body in successor.cleared:
+        when = datetime.fromisoformat(body["dag_run_id"].split("__", 1)[1]).timestamp()
+        ran.setdefault(when, []).append("server-2 (re-run)")
+
+    assert all(len(servers) == 1 for servers in ran.values()), ran  # no run twice
+    assert any("forced move" in line for line in world.lines)
+    last_run_by_1 = max(when for when, servers in ran.items() if servers == ["server-1"])
+    proven = world.owner_change("dag_a")
+    assert last_run_by_1 < proven  # server-1 ran nothing from its proven stop on
+    after = [T0 + 10 * tick for tick in range(41) if T0 + 10 * tick >= proven]
+    assert all(when in ran for when in after), sorted(set(after) - set(ran))  # none lost after the proven stop
+    missed = [T0 + 10 * tick for tick in range(41) if T0 + 10 * tick not in ran]
+    assert (fault == "crash") == bool(missed)  # cut off, server-1 ran what it owned until its copy expired
+    listed = " ".join(line for line in world.lines if "may or may not have run" in line)
+    assert all(datetime.fromtimestamp(when, UTC).isoformat() in listed for when in missed)  # the rest, listed

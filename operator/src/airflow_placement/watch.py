@@ -20,6 +20,10 @@ and the source (it is otherwise the one cut off). A failed server gets its DAGs 
 it has been healthy for ``restore_after`` seconds, as a scheduled handover. Each action is one log line on standard
 output, and is posted to ``webhook`` (``{"text": LINE}``) if set. ``dry_run`` only says what it would do.
 
+The forced move covers runs dated from the proven stop on: the failed server decided none of them while it could
+still decide, unless it was triggered ahead of its logical date (which the gate allows up to ``max_staleness``
+ahead); like ``failover.yml -e force=true``, the watchdog assumes no such run.
+
 The proof needs the servers to read the document only from this source. The watchdog checks what it can: the source
 serves the publisher's last document, and a server it forces has confirmed at this source before (one never seen
 there may read a mirror). A server configured to read elsewhere besides is outside the proof: do not.

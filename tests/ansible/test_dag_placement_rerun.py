@@ -233,3 +233,21 @@ def test_a_bad_rerun_since_fails_fast_naming_the_variable_and_changes_nothing(
     assert run.seconds < 20
     assert site.files() == before
     assert not airflow.requests
+
+
+def test_a_rerun_airflow_refuses_stops_with_one_line_and_never_shows_the_password(
+    tmp_path: Path, airflow: FakeAirflow, published: Site
+) -> None:
+    site = _site(tmp_path, airflow, published)
+    site.group_vars["dag_placement_api_password"] = "not-the-password"
+    site.write()
+    since = airflow.since
+    run = site.play("failover.yml", "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={_iso(since)}")
+    assert run.returncode != 0
+    assert run.failure() == (
+        "dag_placement: the move is published and recorded, but the re-run on server-2 failed: airflow-placement "
+        f"rerun: error: POST {airflow.url}/auth/token answered 401: Invalid credentials"
+    )
+    assert "not-the-password" not in run.output
+    assert [m["failed"] for m in site.moves()] == ["server-1"]  # the move stands; only the re-run is to do again
+    assert not airflow.clears(dry_run=True)

@@ -2,9 +2,8 @@
 
 The desired document says who should own what now (final owners, no computed handover times). The package's
 publisher (``airflow-placement publish``) turns it into the published document, scheduling every change of owner as
-a handover the lease ahead. These filters only assemble and read documents; the format, host names, validation,
-planning and the re-run selection are the package's own (``airflow_placement``, installed next to Ansible on the
-controller).
+a handover the lease ahead. These filters only assemble and read documents; the format, host names, validation
+and planning are the package's own (``airflow_placement``, installed next to Ansible on the controller).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from ansible.errors import AnsibleFilterError
 
 from airflow_placement.document import DocumentError, Meta, Placement, normalize_host, parse_document
 from airflow_placement.publish import plan, render
-from airflow_placement.rerun import describe, select
 
 _HEADER = (
     "# The desired placement, rendered by Ansible (role dag_placement) from the inventory and the recorded\n"
@@ -194,30 +192,6 @@ def time_problem(value: Any, now: Any = None) -> str:
     return ""
 
 
-def rerun_selection(
-    task_instances: list[dict[str, Any]],
-    *,
-    before: str,
-    after: str,
-    failed: str,
-    successor: str,
-    since: Any,
-    until: Any,
-) -> list[dict[str, Any]]:
-    """The skipped task instances to re-run on the successor after a forced failover, grouped by DAG run: the
-    package's selection (``airflow_placement.rerun.select``) between the texts of the documents ``before`` and
-    ``after`` the move, for logical dates in [since, until)."""
-    return select(
-        task_instances,
-        before=_parse(before, "the document before the move"),
-        after=_parse(after, "the document after the move"),
-        failed=failed,
-        successor=successor,
-        since=_timestamp(since),
-        until=_timestamp(until),
-    )
-
-
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -227,6 +201,4 @@ class FilterModule:
             "dag_placement_failed_servers": failed_servers,
             "dag_placement_preview": preview,
             "dag_placement_time_problem": time_problem,
-            "dag_placement_rerun_selection": rerun_selection,
-            "dag_placement_describe_task_instance": describe,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -64,6 +65,7 @@ class Server:
     url: str
     airflow: Airflow
     fetch: FetchSettings
+    auth: dict[str, str]
 
     def token(self) -> str:
         answer = requests.post(f"{self.url}/auth/token", json={"username": USER, "password": PASSWORD}, timeout=WAIT)
@@ -145,7 +147,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the API server did not start:\n{(home / 'api-server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield Server(url, airflow, fetch)
+        yield Server(url, airflow, fetch, auth)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -259,6 +261,25 @@ def test_the_view_in_the_browser(server: Server, browser: WebDriver) -> None:
     assert "run housekeeping / work scheduled__housekeeping server-1" in decisions[1]
     shot = screenshot(browser, "placement-view.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_a_run_triggered_by_hand_on_a_non_owner_says_where_it_belongs(server: Server) -> None:
+    """A real run of etl_daily on server-1 (``airflow dags test`` triggers it by hand): the gate skips its task, and
+    the task's log and the view both say that server-2 owns the run and that it should be triggered there."""
+    result = server.airflow.run("dags", "test", "etl_daily", host=HOST, **server.auth)
+    log = result.stdout + result.stderr
+    [notice] = [line for line in log.splitlines() if "was triggered by hand on server-1" in line]
+    assert "which does not own it: server-2 owns runs of this DAG dated" in notice
+    assert "Nothing runs here; trigger it in server-2's Airflow instead" in notice
+    [run_id] = re.findall(r"run (manual__\S+) of DAG etl_daily", notice)
+    newest = server.state()["decisions"][0]
+    assert (newest["run_id"], newest["outcome"], newest["owner"], newest["run_type"]) == (
+        run_id,
+        "skip",
+        "server-2",
+        "manual",
+    )
+    assert newest["notice"] in notice
 
 
 def test_the_view_warns_when_the_publisher_stops_renewing(server: Server, browser: WebDriver) -> None:

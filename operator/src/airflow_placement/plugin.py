@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep
-from airflow.configuration import conf
 from airflow.models.dag import DagModel
 from airflow.models.dagrun import DagRun
 from airflow.plugins_manager import AirflowPlugin
@@ -24,8 +23,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, select_autoescape
 from sqlalchemy import select
 
+from airflow_placement.gate import SettingsError, configured
 from airflow_placement.observe import ManualRun, server_state, unusable_state
-from airflow_placement.settings import KEYS, SECTION, gate_settings
+from airflow_placement.settings import SECTION
 
 URL_PREFIX = "/placement"
 MANUAL_RUNS = 20  # the newest runs triggered by hand that the view lists
@@ -61,10 +61,9 @@ def state(
     runs: Annotated[list[ManualRun], Depends(manual_runs)],
 ) -> dict[str, Any]:
     """What the view shows; settings that cannot be used make a state that says why nothing runs here."""
-    config = {key: conf.get(SECTION, key, fallback=None) for key in KEYS}
     try:
-        settings = gate_settings({}, config)
-    except ValueError as exc:
+        settings = configured()
+    except SettingsError as exc:
         return unusable_state(f"invalid [{SECTION}] settings: {exc}", dag_ids)
     return server_state(settings.fetch, settings.host, dag_ids, runs)
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from confirming_source import TOKENS, Running, write_tokens
-from placement_server import T0, Clock
+from placement_server import T0, Clock, with_meta
 
 from airflow_placement.decision import decide
 from airflow_placement.document import Placement, parse_document
@@ -556,3 +556,16 @@ def test_end_to_end_no_run_twice_and_none_after_the_proven_stop_lost(
     assert (fault == "crash") == bool(missed)  # cut off, server-1 ran what it owned until its copy expired
     listed = " ".join(line for line in world.lines if "may or may not have run" in line)
     assert all(datetime.fromtimestamp(when, UTC).isoformat() in listed for when in missed)  # the rest, listed
+
+
+def test_a_source_ahead_of_the_publisher_stops_it_and_is_said_once(world: World) -> None:
+    """Someone uploaded to the source behind the publisher's back: the watchdog does nothing, and says so once."""
+    world.source.client.upload(with_meta(5, T0).decode())
+    world.confirm_all_up()
+    world.airflow["server-1"].state = "down"
+    watchdog = world.watchdog()
+    watchdog.cycle()
+    run_for(world, watchdog, 120)
+    assert world.serial == 1
+    said = [line for line in world.lines if "the source serves serial 5, the publisher's last is 1" in line]
+    assert len(said) == 1

@@ -341,7 +341,8 @@ class Watchdog:
     def report(self, line: str, once: str | None = None) -> None:
         """One action (or refusal to act), one line; posted to the webhook unless this is a dry run.
 
-        :param once: a key: a line with the same key is not repeated until :meth:`observe` sees that server healthy.
+        :param once: a key: a line with the same key is said once (a server's keys, ``NAME:...``, are forgotten
+            when :meth:`observe` sees that server healthy again).
         """
         if once is not None:
             if once in self.said:
@@ -415,7 +416,8 @@ class Watchdog:
         if record.get("serial") != published.meta.serial:
             self.report(
                 f"the source serves serial {record.get('serial')}, the publisher's last is {published.meta.serial}: "
-                "a publish is under way or the document reaches the source some other way; doing nothing"
+                "a publish is under way or the document reaches the source some other way; doing nothing",
+                once=f"source:{record.get('serial')}:{published.meta.serial}",
             )
             return
         self.rerun_pending(record)

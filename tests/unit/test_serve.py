@@ -6,6 +6,7 @@ restart, and cannot be kept alive by another server's token; a fenced server get
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -216,3 +217,19 @@ def test_the_serve_command_serves_and_records(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("length", ["nonsense", "-5", str(64 * 1024 * 1024)])
+def test_an_upload_with_a_bad_length_is_refused_in_one_line(running: Running, length: str) -> None:
+    """A raw request: requests would send the right length."""
+    host, port = running.url.split("/")[2].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    connection.putrequest("PUT", "/" + running.url.rsplit("/", 1)[1])
+    connection.putheader("Authorization", f"Bearer {TOKENS['publisher']}")
+    connection.putheader("Content-Length", length)
+    connection.endheaders()
+    answer = connection.getresponse()
+    assert answer.status in (400, 413)
+    assert len(answer.read().decode().strip().splitlines()) == 1
+    connection.close()
+    assert running.client.confirmations()["serial"] == 1

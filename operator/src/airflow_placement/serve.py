@@ -329,7 +329,14 @@ class ServeHandler(BaseHTTPRequestHandler):
         self._send(status, served.body if status == 200 else b"", headers)
 
     def _body(self) -> bytes | None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._text(400, "a Content-Length is needed")
+            self.close_connection = True
+            return None
         if length > MAX_UPLOAD:
             self._text(413, f"larger than {MAX_UPLOAD} bytes")
             self.close_connection = True

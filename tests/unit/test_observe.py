@@ -384,6 +384,20 @@ def test_a_copy_the_publisher_stopped_renewing_is_refusing(tmp_path: Path, clock
     assert shown["document"]["vouched_by"] == "the publisher (@meta)"
 
 
+def test_credentials_in_the_source_url_are_never_shown(tmp_path: Path, source: DocumentServer, clock: Clock) -> None:
+    settings = FetchSettings(source=source.url.replace("//", "//reader:s3cret@"), retries=0, cache_dir=tmp_path)
+    load(settings, clock)
+    source.respond = lambda headers: Reply(503)
+    clock.advance(301)
+    with pytest.raises(PlacementUnavailable) as refusal:
+        load(settings, clock)
+    observe.refused(tmp_path, context=None, dag_id="d", task_id="t", host="server-1", reason=str(refusal.value))
+    shown = json.dumps(state(settings, clock))
+    assert "s3cret" not in shown
+    assert "reader" not in shown
+    assert "//***@127.0.0.1" in shown
+
+
 @pytest.mark.parametrize(
     ("happening", "expected"),
     [

@@ -18,12 +18,13 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import filelock
 
@@ -345,15 +346,18 @@ def server_state(
         problems.append(lapsed)
     return {
         "host": host,
-        "source": fetch.source,
+        "source": masked(fetch.source),
         "now": _iso(now),
         "status": status,
         "trusted": status in ("ok", "degraded"),
-        "warning": _warning(status, problems, entry, now, asked),
+        "warning": masked(_warning(status, problems, entry, now, asked)),
         "document": _document(cache, entry, view, now, fetch),
         "dags": [_dag(view, dag_id, me, now_dt) for dag_id in dag_ids],
         "manual_runs": [_manual(view, run, me, now_dt, fetch) for run in manual_runs],
-        "decisions": recent_decisions(fetch.cache_dir, decisions),
+        "decisions": [
+            {key: masked(value) if isinstance(value, str) else value for key, value in decision.items()}
+            for decision in recent_decisions(fetch.cache_dir, decisions)
+        ],
     }
 
 
@@ -365,7 +369,7 @@ def unusable_state(reason: str, dag_ids: Iterable[str], *, clock: Callable[[], f
         "now": _iso(clock()),
         "status": "refusing",
         "trusted": False,
-        "warning": f"This server cannot decide: {reason}. Every gated task here is refused.",
+        "warning": masked(f"This server cannot decide: {reason}. Every gated task here is refused."),
         "document": None,
         "dags": [_dag(None, dag_id, None, datetime.now(UTC)) for dag_id in dag_ids],
         "manual_runs": [],
@@ -435,7 +439,7 @@ def _document(
         "ttl": fetch.ttl,
         "serial_floor": floor,
         "last_attempt": _iso(entry.attempted_at) if entry.attempted_at else None,
-        "last_failure": entry.failure,
+        "last_failure": masked(entry.failure),
     }
 
 
@@ -486,6 +490,18 @@ def _manual(
     )
     data.update(owner=decision.owner, here=decision.run, notice=manual_run_notice(decision, run.run_id))
     return data
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+@overload
+def masked(text: str) -> str: ...
+@overload
+def masked(text: None) -> None: ...
+def masked(text: str | None) -> str | None:
+    """``text`` with the user and password of every URL in it replaced by ``***``: the view shows it to every user."""
+    return None if text is None else _USERINFO.sub("***@", text)
 
 
 def _iso(timestamp: float) -> str | None:

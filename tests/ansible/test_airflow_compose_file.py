@@ -1,0 +1,75 @@
+"""The compose file the airflow_compose role renders, read back as YAML: the Podman socket (root on the server) reaches
+only the components that run tasks. Rendered by a real ansible-playbook with the role's own defaults and vars; the
+Molecule scenarios check the same on running containers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROLE = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "airflow_compose"
+SOCKET = "/var/run/docker.sock"
+
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - {role}/defaults/main.yml
+    - {role}/vars/main.yml
+  tasks:
+    - ansible.builtin.template:
+        src: {role}/templates/opt/airflow-compose/compose.yaml.j2
+        dest: "{{{{ out }}}}"
+        mode: "0644"
+"""
+
+
+def render(tmp_path: Path, **variables: Any) -> dict[str, Any]:
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(PLAYBOOK.format(role=ROLE))
+    out = tmp_path / "compose.yaml"
+    extra = {"out": str(out), "ansible_python_interpreter": sys.executable, **variables}
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local"]
+    subprocess.run(
+        [*command, str(playbook), "-e", yaml.safe_dump(extra, default_flow_style=True)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rendered: dict[str, Any] = yaml.safe_load(out.read_text())
+    return rendered
+
+
+def with_socket(compose: dict[str, Any]) -> list[str]:
+    return sorted(
+        name
+        for name, service in compose["services"].items()
+        if any(str(volume).split(":")[1:2] == [SOCKET] for volume in service.get("volumes", []))
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "runs_tasks"),
+    [
+        ({"airflow_compose_executor": "LocalExecutor"}, ["airflow-scheduler"]),
+        (
+            {"airflow_compose_executor": "CeleryExecutor", "airflow_compose_celery_workers": 2},
+            ["airflow-worker-1", "airflow-worker-2"],
+        ),
+    ],
+    ids=["LocalExecutor", "CeleryExecutor"],
+)
+def test_only_the_components_that_run_tasks_get_the_podman_socket(
+    tmp_path: Path, variables: dict[str, Any], runs_tasks: list[str]
+) -> None:
+    compose = render(tmp_path, **variables)
+    assert with_socket(compose) == runs_tasks
+    # Every Airflow component still gets the rest: DAGs, plugins, logs, the placement document and its cache.
+    airflow = [name for name in compose["services"] if name.startswith("airflow-")]
+    assert {len(compose["services"][name]["volumes"]) for name in airflow if name not in runs_tasks} == {6}
+    assert {len(compose["services"][name]["volumes"]) for name in runs_tasks} == {7}

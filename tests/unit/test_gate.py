@@ -264,6 +264,15 @@ def test_a_task_set_to_start_in_the_triggerer_starts_on_a_worker() -> None:
     assert task._pre_execute_hook is policy.gate_task
 
 
+def test_a_mapped_task_set_to_start_in_the_triggerer_starts_on_a_worker() -> None:
+    with DAG("reports", schedule=None):
+        mapped = DateTimeSensorAsync.partial(task_id="wait", start_from_trigger=True).expand(target_time=[RUN])
+    policy.task_policy(mapped)
+    instance = mapped.unmap({"target_time": RUN})
+    assert (mapped.start_from_trigger, instance.start_from_trigger) == (False, False)
+    assert instance._pre_execute_hook is policy.gate_task
+
+
 def test_a_gated_docker_operator_is_left_to_decide_in_execute() -> None:
     with DAG("reports", schedule=None):
         task = GatedDockerOperator(task_id="load", image="busybox")

@@ -2,7 +2,8 @@
 
 It declares the ``[placement]`` configuration section (every key with its type, default and meaning, from
 :data:`airflow_placement.settings.OPTIONS`), so ``airflow config list`` shows it and the gate reads each key
-without a fallback of its own; and the package's cluster policy and command line.
+without a fallback of its own. The cluster policy comes in through its own entry point (``airflow.policy``):
+Airflow reads policies only from there.
 """
 
 from __future__ import annotations

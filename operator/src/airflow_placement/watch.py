@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -461,6 +462,7 @@ class Watchdog:
                 successor=successor,
                 now=now,
                 stop=min(stop, now),
+                suspect_from=min(last, self.state.servers[failed].unhealthy_since or now),
                 slots=slots,
                 published=published,
                 reason=reason,
@@ -490,6 +492,7 @@ class Watchdog:
         successor: str,
         now: float,
         stop: float,
+        suspect_from: float,
         slots: set[Slot],
         published: Placement,
         reason: str,
@@ -524,6 +527,7 @@ class Watchdog:
                 "failed": failed,
                 "successor": successor,
                 "since": since.timestamp(),
+                "suspect_from": suspect_from,
                 "serial": serial,
                 "before": str(kept["before"]),
                 "after": str(kept["after"]),
@@ -650,7 +654,8 @@ class Watchdog:
             api.sign_in()
             before = parse_document(Path(item["before"]).read_bytes(), origin=item["before"])
             after = parse_document(Path(item["after"]).read_bytes(), origin=item["after"])
-            skipped = list(api.skipped_since(since - timedelta(seconds=config.proof_age + config.grace)))
+            suspect_from = datetime.fromtimestamp(min(item.get("suspect_from", item["since"]), item["since"]), UTC)
+            skipped = list(api.skipped_since(suspect_from))
             runs = select(
                 skipped, before=before, after=after, failed=failed, successor=successor, since=since, until=until
             )
@@ -663,17 +668,25 @@ class Watchdog:
             f"re-ran once on {successor} what {failed} missed since its proven stop {_iso(item['since'])}: "
             + (", ".join(cleared) or "nothing was skipped")
         )
-        earlier = [
-            ti
-            for ti in skipped
-            if _when(ti) < since and ti.get("state") == "skipped" and _owner(before, ti, successor) == failed
-        ]
+        earlier: dict[str, list[dict[str, Any]]] = {}
+        for ti in skipped:
+            dated = suspect_from <= _when(ti) < since and ti.get("state") == "skipped"
+            if dated and _owner(before, ti, successor) == failed:
+                earlier.setdefault(ti["dag_id"], []).append(ti)
         if earlier:
+            commands = []
+            for dag, instances in sorted(earlier.items()):
+                tasks = "|".join(sorted({re.escape(ti["task_id"]) for ti in instances}))
+                first, last = min(map(_when, instances)), max(map(_when, instances))
+                dates = f"{first.isoformat()} .. {last.isoformat()}" if first != last else first.isoformat()
+                commands.append(
+                    f"{dag} ({len(instances)} task instances dated {dates}): airflow tasks clear {dag} -t "
+                    f"'^({tasks})$' -s {first.isoformat()} -e {last.isoformat()} --only-failed -y"
+                )
             self.report(
-                f"{len(earlier)} task instances dated before {failed}'s proven stop may or may not have run there: "
-                + ", ".join(describe(ti) for ti in earlier)
-                + f"; {failed} still owns them: once it is back, re-run those it did not with "
-                "`airflow tasks clear DAG_ID -t TASK_ID -s DATE -e DATE -y` on it"
+                f"runs dated between {failed}'s failure and its proven stop ({_iso(suspect_from.timestamp())} .. "
+                f"{_iso(item['since'])}) may or may not have run there; it still owns them. Once it is back, check "
+                "which did not run and re-run them on it: " + "; ".join(commands)
             )
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
-TYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "list": list}
+TYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "list": list, "raw": object}
 
 
 def load(role: str) -> tuple[dict, dict]:

@@ -67,7 +67,7 @@ def _read_time(fetched: Any, placement: Any, now: float) -> tuple[float, str]:
     [
         ("vouched_time", "file", LEASE_RULES, 200),
         ("restart_reason", "file", RESTART_RULES, 200),
-        ("rollback_reason", "http", LEASE_RULES, 200),
+        ("rollback_reason", "http", {"wait", "trouble", "publish"}, 200),
         ("LEAD", "file", LEASE_RULES, 200),
         ("staleness_reason", "http", {"wait", "trouble", "publish"}, 200),
         ("DECIDE_WITH_NOW", "http", LEASE_RULES, 200),

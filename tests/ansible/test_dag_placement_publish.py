@@ -9,6 +9,8 @@ from pathlib import Path
 
 from placement_site import DOCUMENT, EARLY, LEAD, Site, hold_the_lock, lead_of, make_site
 
+from airflow_placement.publish import Publisher
+
 
 def _iso(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -142,6 +144,23 @@ def test_a_server_that_cannot_take_the_document_stops_the_publish_and_serials_st
     assert {site.meta(s).serial for s in site.servers} == {3}  # serial 2 stays used: serials only grow
     assert [m["serial"] for m in site.moves()] == [3]
     assert site.owner("server-3", "etl_orders", datetime.now(UTC) + timedelta(days=1)) == "server-2"
+
+
+def test_a_forced_failover_that_reached_a_server_is_not_given_up(site: Site) -> None:
+    """server-2 may already run server-1's runs by the forced document: when server-3 cannot take it, the publish
+    stops, but the document stays the published one (renewals carry it) instead of being aborted."""
+    blocker = site.path / "blocker"
+    blocker.write_text("a file where the server's directory should be\n")
+    site.hosts["server-3"]["dag_placement_file_dir"] = str(blocker / "dir")
+    site.write()
+    run = site.play("failover.yml", "-e", "failed=server-1", "-e", "force=true")
+    assert run.returncode != 0
+    message = run.failure()
+    assert message.startswith("dag_placement: forced failover serial 2 kept published (a server may already run by it;")
+    assert "\n" not in message
+    assert not site.publishing()
+    published = Publisher(site.state_dir).published()
+    assert published is not None and published.meta is not None and published.meta.serial == 2
 
 
 def test_a_handover_in_the_inventory_sooner_than_the_lease_is_refused(site: Site) -> None:

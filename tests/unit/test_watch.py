@@ -87,7 +87,7 @@ class FakeAirflow:
                 ids = set(body["task_ids"])
                 matches = [ti for ti in fake.skipped if ti["dag_run_id"] == body["dag_run_id"] and ti["task_id"] in ids]
                 if not body["dry_run"]:
-                    fake.cleared.append(body)
+                    fake.cleared.append({**body, "dag_id": self.path.split("/")[4]})
                     for ti in matches:
                         ti["state"] = None
                 self._answer(200, {"task_instances": matches, "total_entries": len(matches)})

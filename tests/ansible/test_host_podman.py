@@ -1,6 +1,6 @@
 """This machine's Podman is what the project's podman role makes of it (scripts/host-podman.yml, run by
 scripts/bootstrap.sh): the playbook in check mode would change nothing, Podman runs with the settings of the
-containers.conf the role rendered, both API sockets answer, and one `podman system service` serves them."""
+containers.conf drop-in the role rendered, both API sockets answer, and one `podman system service` serves them."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ VENV_BIN = Path(sys.executable).parent
 SOCKET = Path("/run/podman/podman.sock")
 DOCKER_SOCKET = Path("/run/docker.sock")
 PIDFILE = Path("/run/podman/podman-api.pid")
-CONTAINERS_CONF = Path("/etc/containers/containers.conf")
+CONTAINERS_CONF = Path("/etc/containers/containers.conf.d/50-airflow-placement.conf")  # the role's drop-in
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the host's Podman set-up is root's (scripts/bootstrap.sh)")
 
@@ -62,7 +62,9 @@ def test_the_podman_role_would_change_nothing_on_this_machine(check_run: dict[st
 
 def test_containers_conf_is_the_one_the_role_renders(check_run: dict[str, Any]) -> None:
     results = dict(_task_results(check_run))
-    rendered = results["configure | Render containers.conf (runtime, ulimits, cgroup manager, network backend)"]
+    rendered = results[
+        "configure | Render the containers.conf drop-in (runtime, ulimits, cgroup manager, network backend)"
+    ]
     assert not rendered.get("changed") and not rendered.get("skipped"), rendered
     assert rendered["dest"] == str(CONTAINERS_CONF)
 

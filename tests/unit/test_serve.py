@@ -233,3 +233,14 @@ def test_an_upload_with_a_bad_length_is_refused_in_one_line(running: Running, le
     assert len(answer.read().decode().strip().splitlines()) == 1
     connection.close()
     assert running.client.confirmations()["serial"] == 1
+
+
+def test_a_fence_is_lifted_when_its_publish_issued_nothing(running: Running) -> None:
+    running.get(TOKENS["server-1"])
+    running.clock.advance(100)
+    assert running.client.fence("server-1", 60) == (True, T0)
+    assert running.get(TOKENS["server-1"]).status_code == 403
+    running.client.unfence("server-1")
+    assert running.get(TOKENS["server-1"]).status_code == 200
+    with pytest.raises(ServeError, match="401"):  # a server's token cannot lift a fence
+        SourceClient(running.url, TOKENS["server-2"]).unfence("server-1")

@@ -27,7 +27,7 @@ from placement_server import T0, Clock, with_meta
 from airflow_placement.decision import decide
 from airflow_placement.document import Placement, parse_document
 from airflow_placement.fetch import FetchSettings, PlacementUnavailable, load_placement
-from airflow_placement.publish import Publisher
+from airflow_placement.publish import Publisher, PublishError
 from airflow_placement.watch import HEALTH_PATH, WatchConfig, Watchdog
 
 MAX_STALENESS, CLOCK_SKEW, GRACE = 60.0, 5.0, 30.0
@@ -573,3 +573,24 @@ def test_a_source_ahead_of_the_publisher_stops_it_and_is_said_once(world: World)
     assert world.serial == 1
     said = [line for line in world.lines if "the source serves serial 5, the publisher's last is 1" in line]
     assert len(said) == 1
+
+
+def test_a_fence_whose_publish_issued_nothing_is_lifted(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publisher refuses the forced plan after the fence (simulated: its begin raises, as for a refused plan)."""
+    real_begin = Publisher.begin
+
+    def refusing(self: Publisher, desired: Placement, **options: Any) -> Any:
+        if options.get("failed") and not options.get("check"):
+            raise PublishError("refused for this test")
+        return real_begin(self, desired, **options)
+
+    monkeypatch.setattr(Publisher, "begin", refusing)
+    world.confirm_all_up()
+    world.airflow["server-1"].state = "down"
+    watchdog = world.watchdog()
+    watchdog.cycle()
+    run_for(world, watchdog, 70)
+    assert any("publish failed, nothing moved: refused for this test" in line for line in world.lines)
+    assert "fenced_through" not in world.source.client.confirmations()["servers"]["server-1"]
+    assert world.source.confirm("server-1") == 200  # back, it reads the document that still holds
+    assert world.publisher.holder() is None

@@ -33,6 +33,8 @@ Endpoints (one process per state directory):
   else 409. A fenced server gets documents again once a newer serial is uploaded. The watchdog fences a silent
   server before it issues the document that moves its runs at once, so that the server cannot fetch the old document
   and run from it in between.
+- ``POST /_unfence`` (the publisher's token; ``{"server": NAME}``): lift the fence, when the publish it was made for
+  issued nothing (the served document still holds).
 """
 
 from __future__ import annotations
@@ -269,6 +271,15 @@ class ConfirmingSource:
             self._save_record()
             return True, last
 
+    def unfence(self, server: str) -> None:
+        """Lift ``server``'s fence: the publish it was made for issued nothing, so the served document still holds."""
+        server = normalize_host(server)
+        with self._lock:
+            entry = self.record["servers"].get(server)
+            if entry and "fenced_through" in entry:
+                self.record["servers"][server] = {k: v for k, v in entry.items() if k != "fenced_through"}
+                self._save_record()
+
     def confirmations(self) -> dict[str, Any]:
         with self._lock:
             served = self.served.serial if self.served else None
@@ -362,7 +373,7 @@ class ServeHandler(BaseHTTPRequestHandler):
         self._json(200, {"serial": serial})
 
     def do_POST(self) -> None:
-        if self._path() != "/_fence":
+        if self._path() not in ("/_fence", "/_unfence"):
             self._text(404, "not found")
             return
         if not self.source.tokens.is_publisher(self._token()):
@@ -373,9 +384,15 @@ class ServeHandler(BaseHTTPRequestHandler):
             return
         try:
             request = json.loads(body)
-            server, stopped_for = str(request["server"]), float(request["stopped_for"])
+            server = str(request["server"])
+            stopped_for = float(request["stopped_for"]) if self._path() == "/_fence" else 0.0
         except (ValueError, KeyError, TypeError):
-            self._text(400, 'expected {"server": NAME, "stopped_for": SECONDS}')
+            self._text(400, 'expected {"server": NAME, "stopped_for": SECONDS} (/_unfence: {"server": NAME})')
+            return
+        if self._path() == "/_unfence":
+            self.source.unfence(server)
+            self.log(f"serve: {server} no longer fenced")
+            self._json(200, {"server": server, "fenced": False})
             return
         fenced, last = self.source.fence(server, stopped_for)
         if fenced:
@@ -462,6 +479,12 @@ class SourceClient:
             raise ServeError(f"POST {url} answered {response.status_code}: {response.text.strip()[:200]}")
         answer = response.json()
         return bool(answer["fenced"]), float(answer["last"])
+
+    def unfence(self, server: str) -> None:
+        url = self._base() + "/_unfence"
+        response = self._call("POST", url, json={"server": server})
+        if response.status_code != 200:
+            raise ServeError(f"POST {url} answered {response.status_code}: {response.text.strip()[:200]}")
 
 
 # --- the command line ---------------------------------------------------------------------------------------------

@@ -584,6 +584,7 @@ class Watchdog:
         except PublishError as exc:
             self.report(f"{describe}: not now: {exc}")
             return None
+        fenced = issued = False
         try:
             current = self.publisher.published()
             if current is None or current.revision != basis.revision:
@@ -596,11 +597,15 @@ class Watchdog:
                     self.report(f"{describe}: not forced: {failed} confirmed at {_iso(last)} after all")
                     return None
             text, plan = self.publisher.begin(desired, token=token, **options)
+            issued = True
             serial = self.source.upload(text)
             self._record_move(move, serial, plan, now)
             self.publisher.commit()
         except (PublishError, ServeError, OSError, ValueError) as exc:
             self.publisher.abort()
+            if fenced and not issued and failed is not None:
+                with contextlib.suppress(ServeError):
+                    self.source.unfence(failed)  # nothing was issued: the served document holds, for it too
             self.report(f"{describe}: publish failed, nothing moved: {exc}")
             return None
         if "restored" in move:

@@ -73,3 +73,12 @@ def test_only_the_components_that_run_tasks_get_the_podman_socket(
     airflow = [name for name in compose["services"] if name.startswith("airflow-")]
     assert {len(compose["services"][name]["volumes"]) for name in airflow if name not in runs_tasks} == {6}
     assert {len(compose["services"][name]["volumes"]) for name in runs_tasks} == {7}
+
+
+def test_the_server_is_named_once_by_host_hostname(tmp_path: Path) -> None:
+    """HOST_HOSTNAME always wins over [placement] host, so the role has no setting for the latter: an inventory that
+    still sets the removed airflow_compose_placement_host changes nothing."""
+    compose = render(tmp_path, airflow_compose_host_hostname="server-9", airflow_compose_placement_host="elsewhere")
+    environment = compose["x-airflow-common"]["environment"]
+    assert environment["HOST_HOSTNAME"] == "server-9"
+    assert "AIRFLOW__PLACEMENT__HOST" not in environment

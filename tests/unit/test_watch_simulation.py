@@ -26,7 +26,7 @@ from airflow_placement.watch import WatchConfig
 
 SERVERS = ("server-1", "server-2", "server-3")
 DAGS = ("dag_a", "dag_b", "dag_c")
-TICKS = 32
+TICKS = 30
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def simulate(plan: dict[str, Fault | None], root: Path, monkeypatch: pytest.Monk
 
 
 @settings(
-    max_examples=5,
+    max_examples=4,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

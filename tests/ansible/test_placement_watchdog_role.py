@@ -48,10 +48,11 @@ def play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
         "placement_watchdog_service": False,
         "placement_watchdog_config_dir": str(tmp_path / "etc"),
         "placement_watchdog_state_dir": str(tmp_path / "state"),
-        "placement_watchdog_source_url": "http://127.0.0.1:8765/airflow-dag-on-server.yaml",
         "placement_watchdog_api_urls": {"server-1": "http://127.0.0.1:1", "server-2": "http://127.0.0.1:2"},
         **extra,
     }
+    if "placement_source" not in extra:
+        settings.setdefault("placement_watchdog_source_url", "http://127.0.0.1:8765/airflow-dag-on-server.yaml")
     return subprocess.run(
         [
             str(VENV_BIN / "ansible-playbook"),
@@ -144,3 +145,12 @@ def test_a_plain_http_source_off_this_host_is_refused_in_one_line(tmp_path: Path
     run = play(tmp_path, placement_watchdog_source_url="http://192.0.2.1:8765/airflow-dag-on-server.yaml")
     assert run.returncode != 0
     assert "the servers send their tokens only over HTTPS" in run.stdout
+
+
+def test_the_source_is_the_inventorys_placement_source(tmp_path: Path) -> None:
+    """One name: the servers' placement_source is the URL the watchdog watches and the source serves."""
+    run = play(tmp_path, placement_source="http://localhost:8770/placement.yaml")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert yaml.safe_load((tmp_path / "etc" / "watch.yaml").read_text())["source"] == (
+        "http://localhost:8770/placement.yaml"
+    )

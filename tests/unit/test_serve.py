@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,15 @@ from confirming_source import TOKENS, Running, self_signed, write_tokens
 from placement_server import T0, Clock, with_meta
 
 from airflow_placement.fetch import FetchSettings, load_placement
-from airflow_placement.serve import RECORD_FILE, ConfirmingSource, ServeError, SourceClient, Tokens, token_hash
+from airflow_placement.serve import (
+    RECORD_FILE,
+    ConfirmingSource,
+    ServeError,
+    SourceClient,
+    Tokens,
+    make_server,
+    token_hash,
+)
 
 
 @pytest.fixture
@@ -244,3 +253,21 @@ def test_a_fence_is_lifted_when_its_publish_issued_nothing(running: Running) -> 
     assert running.get(TOKENS["server-1"]).status_code == 200
     with pytest.raises(ServeError, match="401"):  # a server's token cannot lift a fence
         SourceClient(running.url, TOKENS["server-2"]).unfence("server-1")
+
+
+def test_a_document_in_a_folder_has_the_publishers_endpoints_beside_it(tmp_path: Path, clock: Clock) -> None:
+    source = ConfirmingSource(tmp_path / "state", Tokens.load(write_tokens(tmp_path / "tokens.yaml")), clock=clock)
+    http = make_server(source, "127.0.0.1", 0, "placement/current/doc.yaml", log=lambda line: None)
+    threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{http.server_address[1]}/placement/current/doc.yaml"
+        client = SourceClient(url, TOKENS["publisher"])
+        assert client.upload(with_meta(1, T0).decode()) == 1
+        requests.get(url, headers={"Authorization": f"Bearer {TOKENS['server-1']}"}, timeout=5)
+        assert client.confirmations()["servers"]["server-1"]["last"] == T0
+        assert client.fence("server-2", 0) == (True, T0)
+        client.unfence("server-2")
+    finally:
+        http.shutdown()
+        http.server_close()
+        source.close()

@@ -23,11 +23,12 @@ What other sources can offer:
 
 Endpoints (one process per state directory):
 
-- ``GET /NAME`` (a server's token): the document, with a strong ETag; 304 to ``If-None-Match`` with it. 401 for an
+- ``GET /PATH`` (a server's token): the document, with a strong ETag; 304 to ``If-None-Match`` with it. 401 for an
   unknown token, 403 while the server is fenced, 503 before anything was uploaded.
-- ``PUT /NAME`` (the publisher's token): a new document. It must carry ``@meta``; its serial must be higher than the
+- ``PUT /PATH`` (the publisher's token): a new document. It must carry ``@meta``; its serial must be higher than the
   served one (or the same serial with the same content, a renewal).
-- ``GET /_confirmations`` (the publisher's token): the record, as JSON.
+- ``GET /_confirmations`` (the publisher's token; this and the next two live in PATH's directory): the record, as
+  JSON.
 - ``POST /_fence`` (the publisher's token; ``{"server": NAME, "stopped_for": SECONDS}``): if NAME has not confirmed
   for SECONDS (on this source's clock), refuse it every document up to the served serial, durably, and say so (200);
   else 409. A fenced server gets documents again once a newer serial is uploaded. The watchdog fences a silent
@@ -317,9 +318,13 @@ class ServeHandler(BaseHTTPRequestHandler):
     def _path(self) -> str:
         return self.path.split("?", 1)[0]
 
+    def _beside(self, name: str) -> str:
+        """The path of the publisher's endpoint ``name``, in the document's directory (as the client finds it)."""
+        return self.path_name.rsplit("/", 1)[0] + "/" + name
+
     def do_GET(self) -> None:
         token = self._token()
-        if self._path() == "/_confirmations":
+        if self._path() == self._beside("_confirmations"):
             if not self.source.tokens.is_publisher(token):
                 self._text(401, "the publisher's token is needed")
                 return
@@ -373,7 +378,7 @@ class ServeHandler(BaseHTTPRequestHandler):
         self._json(200, {"serial": serial})
 
     def do_POST(self) -> None:
-        if self._path() not in ("/_fence", "/_unfence"):
+        if self._path() not in (self._beside("_fence"), self._beside("_unfence")):
             self._text(404, "not found")
             return
         if not self.source.tokens.is_publisher(self._token()):
@@ -385,11 +390,12 @@ class ServeHandler(BaseHTTPRequestHandler):
         try:
             request = json.loads(body)
             server = str(request["server"])
-            stopped_for = float(request["stopped_for"]) if self._path() == "/_fence" else 0.0
+            unfence = self._path() == self._beside("_unfence")
+            stopped_for = 0.0 if unfence else float(request["stopped_for"])
         except (ValueError, KeyError, TypeError):
             self._text(400, 'expected {"server": NAME, "stopped_for": SECONDS} (/_unfence: {"server": NAME})')
             return
-        if self._path() == "/_unfence":
+        if unfence:
             self.source.unfence(server)
             self.log(f"serve: {server} no longer fenced")
             self._json(200, {"server": server, "fenced": False})

@@ -4,6 +4,7 @@ remote refused. Real ansible-playbook runs against throwaway local inventories, 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -100,6 +101,12 @@ def test_no_template_expression_looks_for_a_line_break_written_as_backslash_n() 
 MESSAGES = ("msg", "fail_msg", "success_msg")
 
 
+def _assertion(output: str) -> str:
+    """The message of the failed check of assert.yml's loop (its line is "failed: [host] (item=...) => {...}")."""
+    [line] = [line for line in output.splitlines() if line.startswith("failed: ") and " => {" in line]
+    return str(json.loads(line.split(" => ", 1)[1])["msg"])
+
+
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -149,3 +156,21 @@ def _outside_expressions(text: str) -> str:
     text = re.sub(r"(-[}%#]\})\s*", r"\1", text)
     text = re.sub(r"(%\})\n", r"\1", text)
     return re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "", text, flags=re.DOTALL)
+
+
+def test_servers_reading_another_source_than_the_one_published_to_stop_the_publish_in_one_line(site: Site) -> None:
+    """placement_source is the inventory's one name for what the servers read; the role checks it before anything."""
+    before = site.files()
+    published = f"{site.publish_dir('server-1')}/airflow-dag-on-server.yaml"
+    elsewhere = site.play("placement.yml", "-e", "placement_source=/srv/elsewhere.yaml")
+    assert elsewhere.returncode != 0
+    assert _assertion(elsewhere.output) == (
+        "placement_source (/srv/elsewhere.yaml) must be where dag_placement_publish=file publishes: " + published
+    )
+    git = site.play("placement.yml", "-e", "dag_placement_publish=git", "-e", "dag_placement_git_repo=/srv/repo.git")
+    assert git.returncode != 0
+    assert _assertion(git.output) == (
+        f"placement_source (unset: the servers read {published}) must be where dag_placement_publish=git publishes: "
+        "the forge's raw-file URL of airflow-dag-on-server.yaml on branch main"
+    )
+    assert site.files() == before

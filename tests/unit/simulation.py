@@ -51,7 +51,7 @@ MAX_STALENESS = 30.0
 CLOCK_SKEW = 4.0
 LEAD = MAX_STALENESS + CLOCK_SKEW
 RENEW_EVERY = 10.0
-HORIZON = timedelta(seconds=MAX_STALENESS)
+HORIZON = timedelta(seconds=CLOCK_SKEW)  # FetchSettings.horizon
 T0 = datetime(2026, 12, 1, 6, 0, tzinfo=UTC).timestamp()
 SERVERS = ("server-1", "server-2", "server-3")
 # DAG id -> (seconds between its scheduled runs, seconds after its logical date a run is due)

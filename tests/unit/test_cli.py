@@ -114,13 +114,14 @@ def decide(document: Path | str, tmp_path: Path, *args: str, env: dict[str, str]
 
 
 def test_decide_runs_nothing_dated_beyond_the_horizon(document: Path, tmp_path: Path) -> None:
-    """A run dated max_staleness or more ahead runs nowhere: a handover published meanwhile could move it."""
-    ahead = (datetime.now(UTC) + timedelta(seconds=400)).isoformat()
-    args = ["--dag-id", "reports", "--task-id", "publish", "--host", "server-3.tld", "--max-staleness", "300"]
+    """A run dated the clock-skew margin or more ahead runs nowhere: a handover or a failover published meanwhile
+    could move it."""
+    ahead = (datetime.now(UTC) + timedelta(seconds=40)).isoformat()
+    args = ["--dag-id", "reports", "--task-id", "publish", "--host", "server-3.tld", "--clock-skew", "30"]
     output = decide(document, tmp_path, *args, "--logical-date", ahead)
     assert (output["decision"], output["owner"]) == ("skip", "server-3.tld")
-    assert "300 s or more ahead" in output["reason"]
-    near = (datetime.now(UTC) + timedelta(seconds=200)).isoformat()
+    assert "30 s or more ahead" in output["reason"]
+    near = (datetime.now(UTC) + timedelta(seconds=15)).isoformat()
     assert decide(document, tmp_path, *args, "--logical-date", near)["decision"] == "run"
 
 

@@ -135,13 +135,13 @@ def test_a_server_without_a_name_runs_nothing(settings: GateSettings) -> None:
         gate(context(), dag_id="reports", task_id="load", settings=replace(settings, host=None), log=log)
 
 
-def test_a_run_dated_the_maximum_staleness_ahead_runs_nowhere(settings: GateSettings) -> None:
-    """The gate gives decide() the maximum staleness as its horizon."""
-    ahead = datetime.now(UTC) + timedelta(seconds=settings.fetch.max_staleness + 60)
+def test_a_run_dated_the_clock_skew_ahead_runs_nowhere(settings: GateSettings) -> None:
+    """The gate gives decide() the clock-skew margin as its horizon."""
+    ahead = datetime.now(UTC) + timedelta(seconds=settings.fetch.clock_skew + 1)
     log = Lines()
     with pytest.raises(AirflowSkipException, match="ahead"):
         gate(context(ahead), dag_id="reports", task_id="load", settings=settings, log=log)
-    near = datetime.now(UTC) + timedelta(seconds=settings.fetch.max_staleness / 2)
+    near = datetime.now(UTC) + timedelta(seconds=settings.fetch.clock_skew / 2)
     assert gate(context(near), dag_id="reports", task_id="load", settings=settings, log=log).run
 
 

@@ -209,13 +209,28 @@ def run_triggered_ahead_on_a_scheduled_slot() -> None:
 def forced_failover_right_after_a_crash() -> None:
     """Fixed in plan(): a forced failover without ``since`` moved the failed server's runs of every date; server-1,
     its clock 0.75 s ahead, ran dag_a's run dated 06:00:04 and went down at once, and server-2, given that run by the
-    failover, ran it again when its own clock reached 06:00:04. Now the move starts at now plus the clock skew."""
+    failover, ran it again when its own clock reached 06:00:04. Now the move starts at now plus twice the skew."""
     with simulated() as state:
         state.start(offsets=[0.0, 0.75, 0.0, 0.0])
         state.wait(seconds=3.25)
         state.crash(data=draws("server-1"), back_after=0.25)
         state.force_failover(data=draws("server-1", "server-2"), since=None, how="commit", sent=set())
         state.wait(seconds=0.75)
+
+
+def forced_failover_after_a_run_triggered_ahead() -> None:
+    """Fixed by the horizon (the clock skew, not the maximum staleness) and the forced cut (twice the skew): server-1
+    ran a run triggered 19 s ahead, on dag_a's schedule, and went down; a forced failover moved runs dated from now
+    plus the skew, so server-2 ran it again when due. Now server-1 runs nothing dated the skew or more ahead, and the
+    move starts twice the skew ahead."""
+    with simulated() as state:
+        state.start(offsets=[0.0, 0.0, 0.0, 0.0])
+        state.wait(seconds=5.0)
+        state.trigger(dag="dag_a", date=3.0, who=frozenset({"server-1"}), again=None)  # dated 06:00:08, within it
+        state.trigger(dag="dag_a", date=19.0, who=frozenset({"server-1"}), again=None)  # dated 06:00:24, beyond it
+        state.crash(data=draws("server-1"), back_after=300.0)
+        state.force_failover(data=draws("server-1", "server-2"), since=None, how="commit", sent=set())
+        state.wait(seconds=30.0)
 
 
 SCENARIOS = [
@@ -226,6 +241,7 @@ SCENARIOS = [
     pytest.param(aborted_forced_failover, id="abort-forced"),
     pytest.param(run_triggered_ahead_on_a_scheduled_slot, id="run-ahead"),
     pytest.param(forced_failover_right_after_a_crash, id="forced-right-after-crash"),
+    pytest.param(forced_failover_after_a_run_triggered_ahead, id="forced-after-a-run-ahead"),
 ]
 
 

@@ -103,16 +103,16 @@ def test_an_inventory_edit_becomes_a_handover_the_lease_ahead() -> None:
 
 
 def test_a_forced_failover_moves_only_the_failed_servers_runs_at_once() -> None:
-    """Without ``since``: from now plus the clock skew (the failed server, its clock ahead, may have run any run
-    dated before that just before it went down)."""
+    """Without ``since``: from now plus twice the clock skew (the failed server, its clock the skew ahead, may have
+    run any run dated up to the skew ahead of its clock just before it went down)."""
     old = doc('"*": s1\nreports: s2\netl:\n  owner: s1\n  tasks:\n    load: s2\n')
     result = plan(old, doc('"*": s1\nreports: s1\netl: s1\n'), now=NOW, lead=LEAD, failed="s2", clock_skew=5)
-    moved = {"owner": "s2", "handover": [{"at": "2026-11-30T05:00:06Z", "owner": "s1"}]}
+    moved = {"owner": "s2", "handover": [{"at": "2026-11-30T05:00:11Z", "owner": "s1"}]}
     assert result.data["reports"] == moved
     assert result.data["etl"] == {"owner": "s1", "tasks": {"load": moved}}
     assert [c.describe(NOW) for c in result.changes] == [
-        "reports: s2 -> s1 for runs dated from 2026-11-30T05:00:06Z (forced)",
-        "etl task load: s2 -> s1 for runs dated from 2026-11-30T05:00:06Z (forced)",
+        "reports: s2 -> s1 for runs dated from 2026-11-30T05:00:11Z (forced)",
+        "etl task load: s2 -> s1 for runs dated from 2026-11-30T05:00:11Z (forced)",
     ]
 
 

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -374,7 +374,7 @@ def _decide(args: argparse.Namespace) -> int:
     loaded = load_placement(settings.fetch)
     now = datetime.now(UTC)
     when = args.logical_date or now
-    horizon = timedelta(seconds=settings.fetch.max_staleness)
+    horizon = settings.fetch.horizon
     result = decide(
         loaded.placement,
         dag_id=args.dag_id,

@@ -59,8 +59,9 @@ def decide(
         run by nobody holding this document: a server still holding the document before that handover was
         published may run it, and two servers must never both do so.
     :param horizon: with ``now``: a run dated ``horizon`` or more after ``now`` is run by nobody. Give it the
-        maximum staleness: a handover published later is scheduled at least that far ahead of every server's clock,
-        so it can give a run dated within the horizon to no other server, but one dated beyond it, yes.
+        clock-skew margin (``FetchSettings.horizon``): a handover published later is scheduled at least the lease
+        ahead of every server's clock, and a forced failover moves a failed server's runs dated from twice the skew
+        ahead of the publisher's, so neither can give a run dated within the horizon to another server.
     """
     if when.tzinfo is None:
         raise ValueError(f"the run's date {when.isoformat()} has no UTC offset")
@@ -90,9 +91,9 @@ def decide(
             return result(
                 "skip",
                 owner,
-                f"the run is dated {when.isoformat()}, {horizon.total_seconds():.0f} s or more ahead (the maximum "
-                "staleness): a handover published meanwhile could give it to another server; trigger it closer to "
-                "its date",
+                f"the run is dated {when.isoformat()}, {horizon.total_seconds():.0f} s or more ahead (the clock-skew "
+                "margin): a handover or a failover published meanwhile could give it to another server; trigger it "
+                "once its date has come",
             )
     source = f"task override in entry {entry.key!r}" if overridden else f"entry {entry.key!r}"
     if len(schedule.handovers) and when >= schedule.handovers[0].at:

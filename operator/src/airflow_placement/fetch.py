@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import filelock
@@ -90,6 +91,15 @@ class FetchSettings:
     @property
     def lease(self) -> LeaseSettings:
         return LeaseSettings(self.ttl, self.max_staleness, self.clock_skew)
+
+    @property
+    def horizon(self) -> timedelta:
+        """How far ahead of now a run may be dated and still run (decide()'s ``horizon``): the clock-skew margin.
+
+        A later handover is scheduled at least the lease ahead, so it never moves a run dated this close; and a forced
+        failover, moving a failed server's runs dated from now plus twice the skew, never moves one it may have run.
+        """
+        return timedelta(seconds=self.clock_skew)
 
     @property
     def is_http(self) -> bool:

@@ -8,7 +8,7 @@ and says so in the same log line.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from airflow.sdk import conf
@@ -132,7 +132,7 @@ def gate(
         host=settings.host,
         when=when or now,
         now=now,
-        horizon=timedelta(seconds=settings.fetch.max_staleness),
+        horizon=settings.fetch.horizon,
     )
     meta = loaded.placement.meta
     note = "" if when else f" (no run in the context: decided for the DAG at the current time {now.isoformat()})"

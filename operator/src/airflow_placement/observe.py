@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, overload
 
@@ -486,7 +486,7 @@ def _manual(
         host=me,
         when=run.date,
         now=now,
-        horizon=timedelta(seconds=fetch.max_staleness),
+        horizon=fetch.horizon,
     )
     data.update(owner=decision.owner, here=decision.run, notice=manual_run_notice(decision, run.run_id))
     return data

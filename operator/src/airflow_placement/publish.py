@@ -14,7 +14,8 @@ before the cut keep the owner the published document gives them, and runs from t
 The cut is ``now + lead`` (the longest maximum staleness plus the clock-skew margin, so every server's copy of the
 old document has expired or been replaced by then), rounded up to a whole second. Only a forced failover of a named
 failed server cuts earlier, and only for the runs that server owns: those dated from ``since`` (the operator's word
-that it ran none of them), or else from now plus the clock skew (by its own clock it may have run any earlier one);
+that it ran none of them), or else from now plus twice the clock skew (its clock may be the skew ahead, and it runs
+runs dated up to the skew ahead of its clock);
 a handover to another server still to come stays where it is.
 
 While a publish is under way the published document is not renewed, and a document given up with ``abort`` is
@@ -278,8 +279,8 @@ def plan(
     :param lead: seconds from now to the earliest handover: the longest maximum staleness plus the clock skew.
     :param failed: a server known to be down: its runs move at once (a forced failover).
     :param since: with ``failed``: the move covers runs dated from ``since`` on (the operator asserts the failed
-        server ran none of them); without it, runs dated from ``now + clock_skew`` on (the failed server may have run
-        any run dated before, by its own clock).
+        server ran none of them); without it, runs dated from ``now + 2 * clock_skew`` on (by its own clock, up to
+        the skew ahead, the failed server may have run any run dated up to the skew ahead of it).
     :param clock_skew: seconds any two clocks may differ by.
     """
     if not math.isfinite(lead) or lead < 0:
@@ -288,10 +289,10 @@ def plan(
         raise PublishError(f"since ({_format(since)}) is in the future")
     if not math.isfinite(clock_skew) or clock_skew < 0:
         raise PublishError(f"the clock skew must be a finite number of seconds >= 0, not {clock_skew!r}")
-    # Without since: the failed server, its clock up to the skew ahead, may have run every run dated before now +
-    # the skew; with since, the operator asserts it ran nothing dated from then on (a fraction rounds up: the
-    # handover is written in whole seconds).
-    forced_from = ceil_second(since if since is not None else now + timedelta(seconds=clock_skew))
+    # Without since: the failed server, its clock up to the skew ahead, may have run every run dated up to the skew
+    # ahead of its clock (decide()'s horizon), so before now + twice the skew; with since, the operator asserts it
+    # ran nothing dated from then on (a fraction rounds up: the handover is written in whole seconds).
+    forced_from = ceil_second(since if since is not None else now + timedelta(seconds=2 * clock_skew))
     rules = _Rules(
         now, ceil_second(now + timedelta(seconds=lead)), normalize_host(failed) if failed else None, forced_from
     )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +29,8 @@ from airflow_placement.decision import decide
 from airflow_placement.document import Placement, parse_document
 from airflow_placement.fetch import FetchSettings, PlacementUnavailable, load_placement
 from airflow_placement.publish import Publisher, PublishError
-from airflow_placement.watch import HEALTH_PATH, WatchConfig, Watchdog
+from airflow_placement.signing import load_public_key, verify, write_key_pair
+from airflow_placement.watch import HEALTH_PATH, WatchConfig, Watchdog, WatchError
 
 MAX_STALENESS, CLOCK_SKEW, GRACE = 60.0, 5.0, 30.0
 PROOF = MAX_STALENESS + CLOCK_SKEW
@@ -226,6 +228,34 @@ def test_a_scheduled_handover_after_the_grace_and_a_forced_one_only_after_the_pr
 
     run_for(world, watchdog, 60)
     assert world.serial == 3  # nothing left to move
+
+
+def test_with_a_signing_key_what_the_watchdog_publishes_is_signed(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers holding the publisher's public key refuse an unsigned document: the watchdog signs with the key."""
+    monkeypatch.setenv("AIRFLOW_PLACEMENT_PUBLISHER_TOKEN", TOKENS["publisher"])
+    public = load_public_key(write_key_pair(tmp_path / "signing_key"))
+    made = World(tmp_path, clock, servers=2, signing_key=str(tmp_path / "signing_key"))
+    try:
+        made.confirm_all_up()
+        made.airflow["server-1"].state = "sick"
+        watchdog = made.watchdog()
+        watchdog.cycle()
+        run_for(made, watchdog, 30)
+        assert made.serial == 2
+        verify(made.published().meta, public)
+    finally:
+        made.stop()
+
+
+def test_an_unreadable_signing_key_is_one_line(world: World, tmp_path: Path) -> None:
+    key = tmp_path / "signing_key"
+    write_key_pair(key)
+    key.chmod(0o644)
+    config = replace(world.config, signing_key=key)
+    with pytest.raises(WatchError, match=r"^the signing key .* has mode 0644: others may read it; chmod 600 it$"):
+        Watchdog(config, clock=world.clock, log=world.lines.append)
 
 
 def test_a_server_confirming_does_not_prove_another_alive_and_a_confirming_one_is_never_forced(world: World) -> None:

@@ -53,6 +53,7 @@ from airflow_placement.document import Entry, Handover, OwnerSchedule, Placement
 from airflow_placement.publish import Plan, Publisher, PublishError, ceil_second, simplify
 from airflow_placement.rerun import Airflow, ApiError, describe, select
 from airflow_placement.serve import ServeError, SourceClient
+from airflow_placement.signing import load_signing_key
 
 HEALTH_PATH = "/api/v2/monitor/health"
 STATE_FILE = "watch.json"
@@ -99,6 +100,7 @@ class WatchConfig:
     health_timeout: float = 5.0
     api_user: str | None = None  # the Airflow API user for re-runs (none: re-runs are only listed)
     api_password_env: str | None = None
+    signing_key: Path | None = None  # the publisher's Ed25519 key: with one, the watchdog signs what it publishes
 
     @property
     def lead(self) -> float:
@@ -157,7 +159,7 @@ class WatchConfig:
                     raise WatchError(f"{origin}: {key} must be a number of seconds, not {data[key]!r}") from None
                 if not math.isfinite(values[key]) or values[key] < 0:
                     raise WatchError(f"{origin}: {key} must be a finite number of seconds >= 0")
-        for key in ("publisher_dir", "state_dir", "moves_file"):
+        for key in ("publisher_dir", "state_dir", "moves_file", "signing_key"):
             if data.get(key):
                 values[key] = Path(str(data[key]))
         if not isinstance(values.get("restore", False), bool):
@@ -330,7 +332,11 @@ class Watchdog:
         self.dry_run = dry_run
         self.clock = clock
         self._log = log
-        self.publisher = Publisher(config.publisher_dir)
+        try:
+            key = load_signing_key(config.signing_key) if config.signing_key else None
+        except ValueError as exc:
+            raise WatchError(str(exc)) from None
+        self.publisher = Publisher(config.publisher_dir, key)
         token = os.environ.get(config.publisher_token_env)
         if not token:
             raise WatchError(f"the environment variable {config.publisher_token_env} (the publisher's token) is empty")
@@ -498,7 +504,7 @@ class Watchdog:
         reason: str,
         silent: float,
     ) -> None:
-        since = datetime.fromtimestamp(stop, UTC).replace(microsecond=0)
+        since = ceil_second(datetime.fromtimestamp(stop, UTC))  # it may have run runs dated in the second before
         desired = retarget(published, slots, failed, successor, since)
         before = self.publisher.published_path.read_text(encoding="utf-8")
         describe = (

@@ -140,7 +140,7 @@ class Site:
             site.hosts[name] = {**values, "dag_placement_file_dir": str(site.publish_dir(name))}
         site.group_vars = copy.deepcopy(self.group_vars)
         site.write()
-        for part in ("inventory/.placement", "inventory/.rendered", "published"):
+        for part in ("inventory/.placement", "inventory/.rendered", "inventory/.secrets", "published"):
             if (self.path / part).exists():
                 shutil.copytree(self.path / part, path / part, dirs_exist_ok=True)
         if self.moves_file.exists():

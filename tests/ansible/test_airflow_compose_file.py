@@ -82,3 +82,11 @@ def test_the_server_is_named_once_by_host_hostname(tmp_path: Path) -> None:
     environment = compose["x-airflow-common"]["environment"]
     assert environment["HOST_HOSTNAME"] == "server-9"
     assert "AIRFLOW__PLACEMENT__HOST" not in environment
+
+
+@pytest.mark.parametrize("public_key", ["", "G7St1zZjn2JUtczLYpxiEvK9ETZWyZic/LsVp+wkMTc="], ids=["unsigned", "signed"])
+def test_every_airflow_component_is_given_the_publishers_public_key(tmp_path: Path, public_key: str) -> None:
+    """With a public key (site.yml passes dag_placement's), every component refuses documents it did not sign."""
+    compose = render(tmp_path, airflow_compose_placement_public_key=public_key)
+    airflow = [service for name, service in compose["services"].items() if name.startswith("airflow-")]
+    assert {service["environment"].get("AIRFLOW__PLACEMENT__PUBLIC_KEY") for service in airflow} == {public_key or None}

@@ -2,11 +2,14 @@
 
     .venv/bin/python tests/drill/drill.py [--settle 60] [--no-source] [--no-force]
 
-``drill_a`` (server-1) and ``drill_b`` (server-2) run every minute on both servers; each task that runs inserts one
-row into ``drill_runs`` of the work database, which has no unique key: a run executed twice is two rows. Every
-minute tick is checked against the published document by logical date: one row per task, by its owner.
+``drill_a`` (server-1), ``drill_b`` (server-2) and ``drill_mixed`` (server-1, by the catch-all) run every minute on
+both servers; each task that runs inserts one row into ``drill_runs`` of the work database, which has no unique key: a
+run executed twice is two rows. drill_a and drill_b have two container tasks (GatedDockerOperator); drill_mixed a
+Python task that writes its row from the Airflow worker itself (gated by the cluster policy), then a container task.
+Every minute tick is checked against the published document by logical date: one row per task, by its owner; the
+figures are given per DAG as well.
 
-1. Setup: the table, the ``drill_work_db`` connection on both servers, both DAGs unpaused on both; ``--settle``.
+1. Setup: the table, the ``drill_work_db`` connection on both servers, every DAG unpaused on both; ``--settle``.
 2. An ownership edit: ``drill_b`` moved to server-1 in ``inventory/local/host_vars`` (restored right after) and
    published with ``placement.yml`` while runs come: a handover the lease ahead; runs dated before it stay
    server-2's, from it on server-1's.
@@ -23,8 +26,9 @@ minute tick is checked against the published document by logical date: one row p
    away, server-1's replaced with garbage, and the renewer kept out (``chattr +i``). Later gate reads decide from
    the last copy the publisher vouched for while it is within the maximum staleness, then refuse; then repaired.
 8. (unless ``--no-force``) A crash and a forced failover: server-1 stopped with ``podman stop --time 0`` once its
-   runs of a tick are done, two ``drill_a`` runs go by (skipped on server-2), then
-   ``failover.yml -e failed=server-1 -e force=true -e rerun_since=<the crash>`` re-runs them on server-2, each once.
+   runs of a tick are done, two ticks of its DAGs (``drill_a``, ``drill_mixed``) go by (skipped on server-2), then
+   ``failover.yml -e failed=server-1 -e force=true -e rerun_since=<the crash>`` re-runs them on server-2, each once
+   (the Python task too: cleared, it decides again).
    Then server-1 comes back twice: first with the renewer kept out (its directory ``chattr +i`` since the crash):
    it must refuse everything (its copy was renewed before its restart); then, stopped and started again with the
    route open: it gets the new document and skips what moved.
@@ -67,7 +71,7 @@ RENDERED = INVENTORY / ".rendered" / "airflow-dag-on-server.yaml"  # the control
 MOVES = INVENTORY / "group_vars" / "all" / "dag_placement_moves.yml"
 RENEWER_LOG = REPO / ".cache" / "demo" / "renewer.log"  # demo/renewer.sh: one line per renewal
 SERVERS = {"server-1": 8081, "server-2": 8082}
-DAGS = ("drill_a", "drill_b")
+DAGS = ("drill_a", "drill_b", "drill_mixed")  # tests/drill/dags
 TASKS = ("first", "second")
 WORK_DB = "airflow-placement-work-db"
 WORK_DB_ADDRESS = "10.213.0.10"
@@ -297,6 +301,9 @@ class Report:
     forced_playbook_seconds: float | None = None
     rerun_cleared: int | None = None
     rerun_runs: int = 0
+    by_dag: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {dag_id: dict.fromkeys(("runs", "lost", "duplicates", "rows"), 0) for dag_id in DAGS}
+    )
     rerun_once: int = 0
     steps: dict[str, str] = field(default_factory=dict)  # what each step showed, by name
     source_steps: list[str] = field(default_factory=list)
@@ -319,6 +326,13 @@ class Report:
             f"{_seconds(self.handover_seconds)}, then the next minute tick); restore "
             f"{_seconds(self.restore_seconds)}",
         ]
+        out.append(
+            "by DAG:        "
+            + "; ".join(
+                f"{dag_id} {n['runs']} runs, {n['duplicates']} duplicates, {n['lost']} lost, {n['rows']} rows"
+                for dag_id, n in self.by_dag.items()
+            )
+        )
         out += [f"{name}: {text}" for name, text in self.steps.items()]
         if self.forced_failover_seconds is not None:
             out += [
@@ -416,7 +430,7 @@ def check(
     *,
     crashed: str | None = None,
 ) -> None:
-    """Check every minute tick of both DAGs with a logical date in [since, until] against ``document``.
+    """Check every minute tick of every DAG with a logical date in [since, until] against ``document``.
 
     ``crashed``: a server stopped as a crash. Runs the document still gives it (logical date before the forced
     failover's rerun_since) it may have run before it crashed, or not (counted as missed); the survivors must have
@@ -428,10 +442,12 @@ def check(
     while tick <= until:
         for dag_id in DAGS:
             report.runs_checked += 1
+            report.by_dag[dag_id]["runs"] += 1
             key = (dag_id, tick.isoformat())
             run_ids = {states[s][key]["run_id"] for s in states if key in states[s]}
             if not run_ids:
                 report.lost += 1
+                report.by_dag[dag_id]["lost"] += 1
                 report.problems.append(f"{dag_id} {tick:%H:%M}: no run on any server")
                 continue
             run_id = run_ids.pop()
@@ -447,6 +463,7 @@ def check(
                         report.missed_by_crashed += 1
                 elif not written:
                     report.lost += 1
+                    report.by_dag[dag_id]["lost"] += 1
                     report.problems.append(f"{label}: no row (owner {expected})")
                 elif set(written) != {expected}:
                     report.problems.append(f"{label}: run by {written}, owner {expected}")
@@ -479,10 +496,13 @@ def owners_by_date(dag_id: str, since: datetime, until: datetime) -> str:
 def count_duplicates(report: Report) -> None:
     """Every (DAG, run, task) of the work database executed more than once, whichever step it belongs to."""
     report.rows = int(psql("select count(*) from drill_runs")[0][0])
+    for dag_id, rows in psql("select dag_id, count(*) from drill_runs group by 1"):
+        report.by_dag.setdefault(dag_id, dict.fromkeys(("runs", "lost", "duplicates", "rows"), 0))["rows"] = int(rows)
     for dag_id, run_id, task_id, servers in psql(
         "select dag_id, run_id, task_id, string_agg(server, ',') from drill_runs group by 1, 2, 3 having count(*) > 1"
     ):
         report.duplicates += len(servers.split(",")) - 1
+        report.by_dag[dag_id]["duplicates"] += len(servers.split(",")) - 1
         report.problems.append(f"{dag_id} {run_id} {task_id}: executed {len(servers.split(','))} times, by {servers}")
 
 
@@ -532,7 +552,7 @@ def setup(apis: dict[str, Api]) -> None:
                     )
                 time.sleep(5)
             api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-    log(f"drill_a and drill_b unpaused on both servers (lease: TTL {TTL} s, maximum staleness {MAX_STALENESS} s)")
+    log(f"{', '.join(DAGS)} unpaused on both servers (lease: TTL {TTL} s, maximum staleness {MAX_STALENESS} s)")
 
 
 def pause(apis: dict[str, Api]) -> None:
@@ -659,7 +679,7 @@ def concurrent_failover_step(report: Report) -> str:
     first = wait_first_row("drill_a", "server-2", start, 300, logical=(handover, handover + timedelta(days=1)))
     report.failover_seconds = (first - start).total_seconds()
     report.steps["two failover.yml at once"] = (
-        f"serial {before_serial} -> {serial(document)}, {len(recorded)} move recorded (drill_a and drill_b to "
+        f"serial {before_serial} -> {serial(document)}, {len(recorded)} move recorded (every drill DAG to "
         f"server-2 for runs dated from {handover:%H:%M:%S}); the other: {other!r}"
     )
     log(f"two failover.yml at once: {outcome}; server-2 ran drill_a {report.failover_seconds:.0f} s after the start")
@@ -950,9 +970,9 @@ def judge_broken_source(
 
 def forced_step(report: Report, apis: dict[str, Api], since: datetime) -> datetime:
     """Crash server-1 once its runs of a tick are done, with its route to the source cut (the renewer kept out of
-    its directory: chattr +i, for restart_step), let two of its drill_a runs go by (skipped on server-2), then fail
-    over with force and rerun_since = the crash: server-2 must run those two exactly once, and every later run
-    (checked from the tick ``since`` on). Returns the time of the crash."""
+    its directory: chattr +i, for restart_step), let two ticks of its DAGs (drill_a, drill_mixed) go by (skipped on
+    server-2), then fail over with force and rerun_since = the crash: server-2 must run those runs exactly once, and
+    every later run (checked from the tick ``since`` on). Returns the time of the crash."""
     tick = minute(datetime.now(UTC)) + timedelta(minutes=1)
     sleep_until(tick)
     deadline = time.monotonic() + 180
@@ -963,9 +983,11 @@ def forced_step(report: Report, apis: dict[str, Api], since: datetime) -> dateti
         if time.monotonic() > deadline:
             raise RuntimeError(f"server-1: the runs of {tick:%H:%M} not done within 180 s")
         time.sleep(2)
+    document = published()
+    crashed_dags = [dag_id for dag_id in DAGS if owner(document, dag_id, TASKS[0], tick) == "server-1"]
     on_server("server-1", "chattr", "+i", SERVER_DIR)
     crash = datetime.now(UTC)
-    log("crash: podman stop --time 0 server-1 (its placement directory closed to the renewer); two drill_a runs go by")
+    log("crash: podman stop --time 0 server-1 (its placement directory closed to the renewer); two ticks go by")
     subprocess.run(["podman", "stop", "--time", "0", "server-1"], check=True, capture_output=True)
     sleep_until(minute(crash) + timedelta(minutes=2, seconds=20))
     rerun_since = crash.replace(microsecond=0) + timedelta(seconds=1)  # the playbook rounds up to a second
@@ -995,18 +1017,19 @@ def forced_step(report: Report, apis: dict[str, Api], since: datetime) -> dateti
     end = minute(max(scheduled, rerun)) + timedelta(minutes=1)
     sleep_until(end + timedelta(seconds=40))
     check(report, {"server-2": apis["server-2"]}, published(), since, end, crashed="server-1")
-    # The runs the dead server missed: drill_a ticks from rerun_since up to the failover, each re-run once.
+    # The runs the dead server missed: its DAGs' ticks from rerun_since up to the failover, each re-run once.
     rows = rows_by_run()
     states = collect({"server-2": apis["server-2"]}, rerun_since, forced_start)["server-2"]
     tick = minute(rerun_since) + timedelta(minutes=1)
     while tick < forced_start:
-        report.rerun_runs += 1
-        run = states.get(("drill_a", tick.isoformat()), {})
-        written = [rows.get(("drill_a", run.get("run_id", ""), task_id), []) for task_id in TASKS]
-        if all(servers == ["server-2"] for servers in written):
-            report.rerun_once += 1
-        else:
-            report.problems.append(f"missed run drill_a {tick:%H:%M} after the re-run: rows {written}")
+        for dag_id in crashed_dags:
+            report.rerun_runs += 1
+            run = states.get((dag_id, tick.isoformat()), {})
+            written = [rows.get((dag_id, run.get("run_id", ""), task_id), []) for task_id in TASKS]
+            if all(servers == ["server-2"] for servers in written):
+                report.rerun_once += 1
+            else:
+                report.problems.append(f"missed run {dag_id} {tick:%H:%M} after the re-run: rows {written}")
         tick += timedelta(minutes=1)
     log(f"crashed at {crash:%H:%M:%S}; checked up to {end:%H:%M}; re-run {report.rerun_once}/{report.rerun_runs}")
     return crash
@@ -1035,14 +1058,14 @@ def restart_step(report: Report, api: Api, *, since: datetime | None, cut: bool)
             raise RuntimeError(f"{server}: Airflow not answering 600 s after podman start")
         time.sleep(5)
     answering = datetime.now(UTC)
-    # Until both DAGs' first tasks decided (with the route open: decided skip, once a renewal came after the start).
+    # Until every DAG's first task decided (with the route open: decided skip, once a renewal came after the start).
     wanted = "decision=refuse" if cut else "decision=skip"
     while True:
         found = decisions(api, DAGS, since, datetime.now(UTC) + timedelta(days=1))
         if {ti["dag_id"] for ti, text in found if ti["task_id"] == TASKS[0] and wanted in text} == set(DAGS):
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{server}: both DAGs not decided ({wanted}) within 600 s of podman start")
+            raise RuntimeError(f"{server}: not every DAG decided ({wanted}) within 600 s of podman start")
         time.sleep(10)
     decided_at = datetime.now(UTC)
     expected = str(serial(published()))
@@ -1073,7 +1096,7 @@ def restart_step(report: Report, api: Api, *, since: datetime | None, cut: bool)
     for dag_id, run_id, task_id in rows:
         report.problems.append(f"{name}: {server} ran {dag_id} {run_id} {task_id}")
     report.steps[name] = (
-        f"{server}'s Airflow answering {(answering - started).total_seconds():.0f} s after podman start, both DAGs "
+        f"{server}'s Airflow answering {(answering - started).total_seconds():.0f} s after podman start, every DAG "
         f"decided after {(decided_at - started).total_seconds():.0f} s: "
         + ", ".join(f"{count} {what}" for what, count in counts.items())
         + f" (published: serial {expected}); {len(rows)} rows by {server}"

@@ -1,5 +1,5 @@
 """The failover drill (tests/drill/drill.py) as a test: needs the local demo up (scripts/demo.sh, with its renewer)
-and root.
+and root. (tests/drill/test_drill_dags.py, beside it, needs neither: the drill's DAGs on a throwaway work database.)
 
 Opt-in, not part of scripts/test.sh's default stages:
 
@@ -49,6 +49,10 @@ def test_failover_drill() -> None:
     assert report.runs_checked > 0
     assert report.duplicates == 0
     assert report.lost == 0
+    for dag_id in drill.DAGS:  # drill_mixed too: its Python task's rows as well as its container task's
+        assert report.by_dag[dag_id]["runs"] > 0, dag_id
+        assert report.by_dag[dag_id]["rows"] > 0, dag_id
+        assert report.by_dag[dag_id]["duplicates"] == report.by_dag[dag_id]["lost"] == 0, dag_id
     assert report.failover_seconds is not None and report.restore_seconds is not None
     assert report.forced_failover_seconds is not None
     assert report.rerun_runs > 0 and report.rerun_once == report.rerun_runs

@@ -162,22 +162,24 @@ class Children:
 
         With ``keep=False`` (a warm-up) nothing is kept of the imports' and the processes' times.
 
-        :raises RuntimeError: when a process asked the source (the cache was not warm) or recorded no decision.
+        :raises RuntimeError: when a process failed, asked the source (the cache was not warm) or recorded no decision.
         """
         record = cache_dir / RECORD_FILE
         requests, records = server.requests, self._lines(record)
         gate_ms = []
         for _ in range(count):
             started = time.perf_counter()
-            out = subprocess.run(
+            child = subprocess.run(
                 [sys.executable, "-c", _CHILD, server.url, str(cache_dir)],
-                check=True,
+                check=False,
                 capture_output=True,
                 text=True,
                 env=env,
-            ).stdout
+            )
             whole = (time.perf_counter() - started) * 1000
-            measured = json.loads(out)
+            if child.returncode != 0:
+                raise RuntimeError(f"a new process failed ({child.returncode}):\n{child.stderr[-3000:]}")
+            measured = json.loads(child.stdout)
             gate_ms.append(measured["gate_ms"])
             if keep:
                 self.whole.append(whole)

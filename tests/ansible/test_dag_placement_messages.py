@@ -62,6 +62,7 @@ def test_a_git_push_the_remote_refuses_is_reported_in_one_line(tmp_path: Path) -
             "dag_placement_publish": "git",
             "dag_placement_git_repo": str(remote),
             "dag_placement_git_workdir": str(tmp_path / "work"),
+            "placement_source": "https://git.example.invalid/raw/main/airflow-dag-on-server.yaml",
         },
     )
     run = site.play("placement.yml")

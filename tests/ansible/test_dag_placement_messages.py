@@ -175,3 +175,6 @@ def test_servers_reading_another_source_than_the_one_published_to_stop_the_publi
         "the forge's raw-file URL of airflow-dag-on-server.yaml on branch main"
     )
     assert site.files() == before
+    # A URL that serves the published file (placement_watchdog's confirming source) is where file publishing goes.
+    confirming = "placement_source=https://publisher.example:8765/airflow-dag-on-server.yaml"
+    assert site.play("placement.yml", "--check", "-e", confirming).returncode == 0

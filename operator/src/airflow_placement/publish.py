@@ -31,7 +31,6 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +56,7 @@ from airflow_placement.document import (
     normalize_host,
     parse_document,
 )
+from airflow_placement.files import replace_file
 from airflow_placement.signing import SignatureError, sign, verify
 
 HEADER = (
@@ -564,7 +564,7 @@ class Publisher:
             "host": socket.gethostname(),
             "since": _format(now),
         }
-        _replace(self.publishing_path, json.dumps(info))
+        replace_file(self.publishing_path, json.dumps(info), mode=0o644)
 
     def _token(self) -> str | None:
         try:
@@ -659,8 +659,8 @@ class Publisher:
         if check:
             return text, the_plan
         assert token is not None
-        _replace(self.serial_path, f"{serial}\n")
-        _replace(self.pending_path, text)
+        replace_file(self.serial_path, f"{serial}\n", mode=0o644)
+        replace_file(self.pending_path, text, mode=0o644)
         self._write_holder(token, serial, now, forced=failed is not None)
         return text, the_plan
 
@@ -731,22 +731,7 @@ class Publisher:
             if not same or after.meta is None or after.meta.renewed is None:
                 raise PublishError(f"renewing {self.published_path} would change its content; publish it again")
             if serial != (before.meta.serial if before.meta else 0):
-                _replace(self.serial_path, f"{serial}\n")
+                replace_file(self.serial_path, f"{serial}\n", mode=0o644)
             renewed = _signed(renewed, self.signing_key, str(self.published_path))
-            _replace(self.published_path, renewed)
+            replace_file(self.published_path, renewed, mode=0o644)
             return renewed
-
-
-def _replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

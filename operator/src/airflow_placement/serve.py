@@ -43,10 +43,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +58,7 @@ import requests
 import yaml
 
 from airflow_placement.document import DocumentError, normalize_host, parse_document
+from airflow_placement.files import replace_file
 
 DOCUMENT_FILE = "document.yaml"
 RECORD_FILE = "confirmations.json"
@@ -119,26 +118,6 @@ class Tokens:
         return bool(token) and hmac.compare_digest(token_hash(token or ""), self.publisher)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: written, synced, renamed, and the rename synced too."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 @dataclass(frozen=True)
 class Served:
     """The served document: its bytes, their strong ETag, its serial and revision."""
@@ -189,7 +168,7 @@ class ConfirmingSource:
             record: dict[str, Any] = json.loads(path.read_bytes())
         except FileNotFoundError:
             record = {"created": self.clock(), "servers": {}}
-            _write_durably(path, json.dumps(record).encode())
+            replace_file(path, json.dumps(record).encode(), sync_directory=True)
             return record
         except (OSError, ValueError) as exc:
             # Starting afresh would make every server look silent since now: safe, but hide a damaged disk. Stop.
@@ -201,7 +180,7 @@ class ConfirmingSource:
         return record
 
     def _save_record(self) -> None:
-        _write_durably(self.dir / RECORD_FILE, json.dumps(self.record, sort_keys=True).encode())
+        replace_file(self.dir / RECORD_FILE, json.dumps(self.record, sort_keys=True).encode(), sync_directory=True)
 
     def _load_document(self) -> Served | None:
         path = self.dir / DOCUMENT_FILE
@@ -252,7 +231,7 @@ class ConfirmingSource:
                     raise ValueError(f"serial {new.serial} is older than the served serial {current.serial}")
                 if new.serial == current.serial and new.revision != current.revision:
                     raise ValueError(f"serial {current.serial} is served already, with other content")
-            _write_durably(self.dir / DOCUMENT_FILE, body)
+            replace_file(self.dir / DOCUMENT_FILE, body, sync_directory=True)
             self.served = new
             return new.serial
 

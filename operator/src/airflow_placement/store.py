@@ -17,12 +17,13 @@ import json
 import math
 import os
 import stat
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import filelock
+
+from airflow_placement.files import replace_file
 
 Clock = Literal["server", "publisher"]
 
@@ -131,8 +132,8 @@ class Store:
     def write(self, entry: CacheEntry) -> None:
         """Store ``entry``; its body (when given) goes first, so the entry never names a body not yet written."""
         if entry.body is not None:
-            self._replace(self.body_path, entry.body)
-        self._replace(self.path, json.dumps(asdict(replace(entry, body=None))))
+            replace_file(self.body_path, entry.body)
+        replace_file(self.path, json.dumps(asdict(replace(entry, body=None))))
 
     def snapshot_path(self, revision: str) -> Path:
         return self.dir / f"{self.key}.{revision}.db"
@@ -157,18 +158,4 @@ class Store:
 
     def raise_floor(self, serial: int) -> None:
         if serial > self.floor():
-            self._replace(self.floor_path, f"{serial}\n")
-
-    def _replace(self, path: Path, text: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".entry-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            replace_file(self.floor_path, f"{serial}\n")

@@ -37,7 +37,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import yaml
 
 from airflow_placement.decision import decide
 from airflow_placement.document import Entry, Handover, OwnerSchedule, Placement, normalize_host, parse_document
+from airflow_placement.files import replace_file
 from airflow_placement.publish import Plan, Publisher, PublishError, ceil_second, simplify
 from airflow_placement.rerun import Airflow, ApiError, describe, select
 from airflow_placement.serve import ServeError, SourceClient
@@ -241,21 +241,7 @@ class State:
             "reruns": self.reruns,
             "quorum": self.quorum,
         }
-        _replace(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-def _replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        replace_file(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 # --- the desired document -------------------------------------------------------------------------------------------
@@ -527,7 +513,7 @@ class Watchdog:
         kept = {}
         for what, text in (("before", before), ("after", self.publisher.published_path.read_text(encoding="utf-8"))):
             kept[what] = self.config.state_dir / f"serial-{serial}-{what}.yaml"
-            _replace(kept[what], text)
+            replace_file(kept[what], text)
         self.state.reruns.append(
             {
                 "failed": failed,
@@ -638,7 +624,7 @@ class Watchdog:
             record["at"] = _iso(at.timestamp())
         moves.append(record)
         header = "# Failovers and restores recorded by failover.yml and airflow-placement watch, oldest first.\n"
-        _replace(path, "---\n" + header + yaml.safe_dump({"dag_placement_moves": moves}, sort_keys=False))
+        replace_file(path, "---\n" + header + yaml.safe_dump({"dag_placement_moves": moves}, sort_keys=False))
 
     # --- re-runs ---
 

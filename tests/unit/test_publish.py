@@ -205,6 +205,11 @@ def test_a_removed_entry_keeps_its_runs_until_the_cut_when_a_pattern_takes_over(
             '"*s": s2\n',
             "dropping the pattern 'etl_*' may give DAGs it decides to '*s' at once",
         ),
+        (  # etl_sales was *_sales's (s1); etl_s* stays (spliced onto itself, s2 until the cut) and would take it
+            '"etl_*": s1\n"*_sales": s1\n"*s": s1\n"etl_s*": s2\n',
+            '"etl_*": s1\n',
+            "dropping the pattern '*_sales' may give DAGs it decides to 'etl_s*' at once",
+        ),
         (  # equally specific: tried as written; etl_sales goes from a_* order to the other
             '"etl_*": s1\n"*_sales": s2\n"*tl_s*": s3\n',
             '"*tl_s*": s3\n"etl_*": s1\n"*_sales": s2\n',

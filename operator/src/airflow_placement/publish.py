@@ -407,16 +407,17 @@ def pattern_problems(published: Placement, desired: Placement, keys: list[str]) 
                 f"the new pattern {pattern.key!r} may match DAGs that {other.key!r} decides in the published document "
                 f"and would take them at once; {advice}"
             )
+    old_entries = {e.key: e for e in published.entries}
     for dropped in (e for e in old_patterns if desired.entry_for(e.key) is None):
-        for pattern in (e for e in desired.entries if e.is_pattern):
-            # until its handovers, a pattern of the new document carries the owners the published one gives its text
-            carried = published.entry_for(pattern.key)
-            if pattern.key in old_rank and old_rank[pattern.key] < old_rank[dropped.key]:
+        # every pattern of the new document, kept ones included: until its handovers, each carries the owners the
+        # published document gives it (by its key if it had one, else by its text)
+        for key in new_rank:
+            carried = old_entries.get(key) or published.entry_for(key)
+            if key in old_rank and old_rank[key] < old_rank[dropped.key]:
                 continue  # it decided the DAG ids both match before too
-            if may_overlap(dropped.key, pattern.key) and not _same_owners(dropped, carried):
+            if may_overlap(dropped.key, key) and not _same_owners(dropped, carried):
                 problems.append(
-                    f"dropping the pattern {dropped.key!r} may give DAGs it decides to {pattern.key!r} at once; "
-                    + advice
+                    f"dropping the pattern {dropped.key!r} may give DAGs it decides to {key!r} at once; " + advice
                 )
     return problems
 

@@ -16,9 +16,11 @@ from airflow_placement import __version__
 from airflow_placement.decision import decide
 from airflow_placement.document import DocumentError, Placement, normalize_host
 from airflow_placement.fetch import PlacementUnavailable, load_placement, read_source
+from airflow_placement.objects import add_commands as add_objects_commands
+from airflow_placement.objects import objects_command
 from airflow_placement.publish import Publisher, PublishError
 from airflow_placement.rerun import Airflow, ApiError, describe, select
-from airflow_placement.serve import ServeError, serve_command, token_command
+from airflow_placement.serve import ServeError, serve_command, token_command, upload_command
 from airflow_placement.serve import add_commands as add_serve_commands
 from airflow_placement.settings import KEYS, SECTION, gate_settings
 from airflow_placement.signing import load_public_key, load_signing_key, verify, write_key_pair
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_publisher_commands(commands)
     add_serve_commands(commands)
     add_watch_commands(commands)
+    add_objects_commands(commands)
     return parser
 
 
@@ -436,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rerun": _rerun,
         "serve": serve_command,
         "serve-token": token_command,
+        "upload": upload_command,
         "watch": watch_command,
+        "objects": objects_command,
     }[args.command]
     try:
         return handler(args)

@@ -22,7 +22,8 @@ prefix=localhost/airflow-placement
 label=org.airflow-placement.inputs
 
 airflow_version=3.3.2
-airflow_requirements=("apache-airflow[postgres,celery,redis]==$airflow_version" "apache-airflow-providers-docker==4.6.1" psycopg2-binary)
+airflow_requirements=("apache-airflow[postgres,celery,redis]==$airflow_version" "apache-airflow-providers-docker==4.6.1"
+    "apache-airflow-providers-fab==3.10.2" psycopg2-binary)
 # pip on this machine resolves environment markers for its own Python (3.11.7); the image's is 3.11.2, where
 # redis also needs async-timeout.
 wheelhouse_extras=(async-timeout)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import ssl
 import threading
@@ -59,6 +60,7 @@ import yaml
 
 from airflow_placement.document import DocumentError, normalize_host, parse_document
 from airflow_placement.files import replace_file
+from airflow_placement.source import read_token, token_transport_problem
 
 DOCUMENT_FILE = "document.yaml"
 RECORD_FILE = "confirmations.json"
@@ -499,6 +501,40 @@ def add_commands(commands: Any) -> None:
         description="Print a new random token on the first line and its hash for serve's tokens file on the second.",
     )
     del token
+    upload = commands.add_parser(
+        "upload",
+        help="upload a document to a confirming source (the publisher's side)",
+        description="PUT the document FILE to the confirming source at URL with the publisher's token, and print "
+        "the serial it serves from now on. The source refuses a serial lower than the one it serves (and the same "
+        "serial with other content); the token goes only over HTTPS, or plain HTTP to this host.",
+    )
+    upload.add_argument("file", metavar="FILE", help="the issued document (airflow-placement publish --out)")
+    upload.add_argument("--url", required=True, help="the document's URL at the source, as the servers fetch it")
+    upload.add_argument(
+        "--token-env",
+        default="AIRFLOW_PLACEMENT_PUBLISHER_TOKEN",
+        metavar="VAR",
+        help="environment variable holding the publisher's token (default %(default)s)",
+    )
+    upload.add_argument(
+        "--token-file", metavar="FILE", help="read the publisher's token from FILE's first line instead (keep it 0600)"
+    )
+    upload.add_argument("--ca", help="CA bundle that trusts the source's certificate (default: the system's)")
+
+
+def upload_command(args: Any) -> int:
+    if args.token_file:
+        lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
+        os.environ[args.token_env] = lines[0].strip() if lines else ""  # checked by read_token like any token
+    token = read_token(args.token_env)
+    if token is None:
+        where = f"the file {args.token_file}" if args.token_file else f"the environment variable {args.token_env}"
+        raise ServeError(f"{where} holds no token")
+    if problem := token_transport_problem(args.url, args.token_env):
+        raise ServeError(problem)
+    serial = SourceClient(args.url, token, ca=args.ca).upload(Path(args.file).read_text(encoding="utf-8"))
+    print(f"uploaded: {args.url} serves serial {serial}")
+    return 0
 
 
 def serve_command(args: Any) -> int:

@@ -21,30 +21,40 @@ Only time, the network and the servers' lives are simulated:
 The guarantee, checked on every decision: no two servers ever decide ``run`` for the same (DAG, task, logical
 date). Checked after every step and every decision, a stronger form: at no moment would two live servers both run
 the same run if asked, by the copies they hold.
+
+``WatchedMachine`` adds the watchdog: serve's own code as the HTTP origin, and the package's watchdog acting beside
+the person (see its docstring).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from unittest import mock
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from airflow_placement import fetch
+from airflow_placement import fetch, watch
 from airflow_placement.decision import decide
-from airflow_placement.document import Entry, Meta, PlacementView, parse_document
+from airflow_placement.document import Entry, Meta, Placement, PlacementView, parse_document
 from airflow_placement.fetch import FetchSettings, PlacementCache, PlacementUnavailable
 from airflow_placement.publish import Publisher, PublishError
+from airflow_placement.rerun import ApiError
+from airflow_placement.serve import ConfirmingSource, ServeError, Tokens, token_hash
 from airflow_placement.source import Fetched, FileSource
+from airflow_placement.store import CacheEntry
+from airflow_placement.watch import Health, ServerConfig, Slot, WatchConfig, Watchdog
 
 TTL = 5.0
 MAX_STALENESS = 30.0
@@ -100,6 +110,7 @@ class Server:
     down_since: float | None = None  # true time of the crash; None while up
     back_at: float | None = None  # true time its stack starts again by itself
     cut_off: bool = False  # the publisher cannot write its file (file) / it cannot reach the origin (http)
+    sick: bool = False  # its scheduler has stopped: it runs nothing, and fetches nothing (WatchedMachine)
     corrupted: bool = False  # its file holds garbage (file)
     cache: PlacementCache = field(init=False)
 
@@ -118,6 +129,8 @@ class Origin:
     garbage: bytes = GARBAGE[0]
     lies: dict[str, bytes] = field(default_factory=dict)  # server -> the older document served to it
     served: dict[str, dict[int, bytes]] = field(default_factory=lambda: defaultdict(dict))  # server -> serial -> body
+    # serve's own code behind the origin (WatchedMachine): it records each server's confirmations and fences
+    confirming: ConfirmingSource | None = None
 
     def fetch(self, server: Server, etag: str | None) -> Fetched:
         if server.cut_off or self.failure == "down" or self.body is None:
@@ -125,6 +138,12 @@ class Origin:
         if self.failure == "garbage":
             return Fetched(200, self.garbage, None, vouches=True)
         body = self.lies.get(server.name, self.body)
+        if body is self.body and self.confirming is not None:
+            status, answer, reason = self.confirming.fetch(server.name, etag)
+            if answer is None:
+                raise OSError(f"HTTP {status}: {reason}")
+            self.served[server.name][answer.serial] = answer.body
+            return Fetched(status, answer.body if status == 200 else b"", answer.etag, vouches=True)
         if body is self.body:
             self.served[server.name][self.serial] = body
         if etag == etag_of(body):
@@ -137,6 +156,7 @@ class Pending:
     text: str
     forced: bool
     sent_to: set[str] = field(default_factory=set)
+    uploaded: bool = False  # http, watched: out at the source, not yet committed (the lock still held)
 
 
 @dataclass
@@ -172,6 +192,7 @@ class PlacementMachine(RuleBasedStateMachine):
     REDECIDE: ClassVar[Literal["retry", "any"]] = "retry"
     # A known problem, off here; shown by a test in test_guarantee_simulation.py.
     SLOW_UPLOAD: ClassVar[bool] = False  # http: the origin serves a new document a while after publish
+    WATCHDOG: ClassVar[bool] = False  # a watchdog runs (WatchedMachine)
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,11 +207,17 @@ class PlacementMachine(RuleBasedStateMachine):
         self.pending: Pending | None = None
         self.history: dict[Key, dict[str, list[tuple[float, Outcome, str]]]] = {}
         self.latest_run: dict[str, float] = {}  # server -> the latest logical date it ran
-        self.patch = mock.patch.object(fetch, "open_source", self.open_source)
-        self.patch.start()
+        self.reruns: list[tuple[str, Key]] = []  # task instances cleared on a server, run when its scheduler can
+        self.watch_paused = False
+        self.patches = [mock.patch.object(fetch, "open_source", self.open_source)]
+        for patch in self.patches:
+            patch.start()
 
     def teardown(self) -> None:
-        self.patch.stop()
+        for patch in reversed(self.patches):
+            patch.stop()
+        if self.origin.confirming is not None:
+            self.origin.confirming.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # --- The world -------------------------------------------------------------------------------------------------
@@ -215,6 +242,10 @@ class PlacementMachine(RuleBasedStateMachine):
 
     def up(self) -> list[Server]:
         return [s for s in self.servers.values() if s.down_since is None]
+
+    def scheduling(self, server: Server) -> bool:
+        """Whether ``server``'s Airflow runs tasks now: up, and its scheduler alive."""
+        return server.down_since is None and not server.sick
 
     def down(self) -> list[Server]:
         return [s for s in self.servers.values() if s.down_since is not None]
@@ -250,6 +281,7 @@ class PlacementMachine(RuleBasedStateMachine):
         while self.next_renewal <= end:
             events.append((self.next_renewal, "", "", 0.0))
             self.next_renewal += RENEW_EVERY
+        events.extend((moment, "@watch", "", 0.0) for moment in self.watch_cycles(end))
         for server in self.servers.values():
             if server.back_at is not None and server.back_at <= end:
                 events.append((server.back_at, server.name, "", 0.0))
@@ -261,11 +293,28 @@ class PlacementMachine(RuleBasedStateMachine):
             self.time = moment
             if not name:
                 self.renew()
+            elif name == "@watch":
+                self.watch_cycle()
             elif not dag:
                 self.start_stack(self.servers[name])
-            elif self.servers[name].down_since is None and name not in self.history.get((dag, TASK, date), {}):
+            elif self.scheduling(self.servers[name]) and name not in self.history.get((dag, TASK, date), {}):
                 self.decide_on(self.servers[name], (dag, TASK, date))
+            self.run_cleared()
         self.time = end
+
+    def watch_cycles(self, end: float) -> list[float]:
+        """The true times of the watchdog's cycles until ``end`` (none here: see WatchedMachine)."""
+        return []
+
+    def watch_cycle(self) -> None:
+        """One cycle of the watchdog (none here: see WatchedMachine)."""
+
+    def run_cleared(self) -> None:
+        """Each server whose scheduler runs decides the task instances cleared on it (re-runs), once."""
+        for name, key in list(self.reruns):
+            if self.scheduling(self.servers[name]):
+                self.reruns.remove((name, key))
+                self.decide_on(self.servers[name], key, rerun=True)
 
     def start_stack(self, server: Server) -> None:
         server.down_since = server.back_at = None
@@ -332,7 +381,15 @@ class PlacementMachine(RuleBasedStateMachine):
         """Distribute the pending document (file: to ``sent`` before giving it up), then commit, abort or hold it."""
         assert self.pending is not None
         if how == "hold" and self.SOURCE == "http" and not self.SLOW_UPLOAD:
-            how = "commit"
+            if not self.WATCHDOG:
+                how = "commit"
+            else:  # out at the source, the lock still held (a publish that hangs before its commit)
+                if not self.pending.uploaded:
+                    self._put(self.pending.text)
+                    self.pending.uploaded = True
+                return
+        if how == "abort" and self.pending.uploaded:
+            how = "commit"  # it is out: the way on is publish-commit
         if self.SOURCE == "file":
             for name in sorted(self.servers if how == "commit" else sent):
                 self._send(self.servers[name], self.pending.text)
@@ -340,13 +397,12 @@ class PlacementMachine(RuleBasedStateMachine):
             kept = self.publisher.abort()  # a forced failover cannot be given up: it stays published
             assert kept is not None
             if self.SOURCE == "http":
-                self.origin.body, self.origin.serial = self.pending.text.encode(), kept
+                self._put(self.pending.text)
             self.pending = None
         elif how == "commit":
+            self.publisher.commit()
             if self.SOURCE == "http":
-                self.origin.body, self.origin.serial = self.pending.text.encode(), self.publisher.commit()
-            else:
-                self.publisher.commit()
+                self._put(self.pending.text)
             self.pending = None
         elif how == "abort":
             self.publisher.abort()
@@ -405,16 +461,27 @@ class PlacementMachine(RuleBasedStateMachine):
         except PublishError:  # a publish is under way: nothing is renewed until it ends
             return
         if self.SOURCE == "http":
-            self.origin.body = text.encode()  # the same serial
+            self._put(text)  # the same serial, unless a publish was given up since
         else:
             for server in self.servers.values():
                 self._send(server, text)
 
+    def _put(self, text: str) -> None:
+        """http: the origin serves ``text`` from now on (through serve's own upload when it is behind the origin)."""
+        meta = parse_document(text).meta
+        self.origin.body, self.origin.serial = text.encode(), meta.serial if meta else 0
+        if self.origin.confirming is not None:
+            self.origin.confirming.upload(self.origin.body)
+
     # --- Airflow on the servers ------------------------------------------------------------------------------------
 
-    def decide_on(self, server: Server, key: Key) -> Outcome:
-        """``server`` decides the run ``key`` at its own now, as its task would: load the document, then decide."""
+    def decide_on(self, server: Server, key: Key, *, rerun: bool = False) -> Outcome:
+        """``server`` decides the run ``key`` at its own now, as its task would: load the document, then decide.
+
+        :param rerun: a task instance the watchdog cleared: if it runs, it must have run nowhere before.
+        """
         dag, task, date = key
+        ran_before = {n for n, tries in self.history.get(key, {}).items() if any(o == "run" for _, o, _ in tries)}
         now = self.clock(server)
         try:
             loaded = server.cache.load()
@@ -439,6 +506,10 @@ class PlacementMachine(RuleBasedStateMachine):
             self.latest_run[server.name] = max(self.latest_run.get(server.name, date), date)
             runners = {name for name, tries in self.history[key].items() if any(o == "run" for _, o, _ in tries)}
             assert len(runners) <= 1, f"two servers ran {dag} {task} {at(date).isoformat()}: {self.history[key]}"
+            assert not (rerun and ran_before), (
+                f"a re-run on {server.name} duplicated {dag} {task} {at(date).isoformat()}, which ran on "
+                f"{', '.join(sorted(ran_before))}: {self.history[key]}"
+            )
         if loaded is not None:
             self.check_would_run((dag,), {server.name: loaded.placement})
         return outcome
@@ -495,6 +566,9 @@ class PlacementMachine(RuleBasedStateMachine):
         Or ``again``: a run decided before is decided again by them, as a retry of a task that ran (with
         ``REDECIDE = "any"``: any run, on any server: a clear, a catch-up, a retry of a task that found no
         document)."""
+        self._trigger(dag, date, who, again)
+
+    def _trigger(self, dag: str, date: float, who: frozenset[str], again: int | None) -> None:
         key = (dag, TASK, self.time + date)
         if again is not None and self.history:
             key = list(self.history)[-1 - again % len(self.history)]
@@ -504,12 +578,20 @@ class PlacementMachine(RuleBasedStateMachine):
             server = self.servers[name]
             tries = self.history.get(key, {}).get(name, [])
             retry = self.REDECIDE == "any" or any(outcome == "run" for _, outcome, _ in tries)
-            if server.down_since is None and (retry if again is not None else not tries):
+            if self.scheduling(server) and (retry if again is not None else not tries):
                 self.decide_on(server, key)
 
     def troubled(self) -> bool:
         origin = self.origin.failure is not None or bool(self.origin.lies)
-        return self.pending is not None or origin or any(s.cut_off or s.corrupted for s in self.servers.values())
+        servers = any(s.cut_off or s.corrupted for s in self.servers.values())
+        return self.pending is not None or origin or servers or self.watch_troubled()
+
+    def watch_troubled(self) -> bool:
+        """Whether something only a subclass breaks is broken (WatchedMachine)."""
+        return False
+
+    def heal(self) -> None:
+        """Repair what only a subclass breaks (WatchedMachine)."""
 
     @precondition(troubled)
     @rule()
@@ -523,11 +605,16 @@ class PlacementMachine(RuleBasedStateMachine):
             server.cut_off = False
         self.origin.failure = None
         self.origin.lies.clear()
-        self._advance(CLOCK_SKEW, scheduled=False)
-        self._begin(failed=None, since=None)
-        self._finish("commit", set())
-        ready = {s.name for s in self.up() if self.clock(s) - s.started >= 2 * CLOCK_SKEW + 1}
-        self._advance(TTL + 0.25, scheduled=False)
+        self.heal()
+        self.watch_paused = True  # a watchdog acting now would publish what the servers have not fetched yet
+        try:
+            self._advance(CLOCK_SKEW, scheduled=False)
+            self._begin(failed=None, since=None)
+            self._finish("commit", set())
+            ready = {s.name for s in self.up() if self.clock(s) - s.started >= 2 * CLOCK_SKEW + 1}
+            self._advance(TTL + 0.25, scheduled=False)
+        finally:
+            self.watch_paused = False
         published = self.publisher.published()
         assert published is not None
         date = self.time - CLOCK_SKEW - 0.125
@@ -552,3 +639,285 @@ class Draws:
 
     def draw(self, strategy: object, label: str | None = None) -> object:
         return self.values.pop(0)
+
+
+# --- The watchdog ----------------------------------------------------------------------------------------------------
+
+WATCH_INTERVAL = 5.0
+WATCH_GRACE = 10.0
+RESTORE_AFTER = 30.0
+VOTERS = (*SERVERS, "serve")
+WATCH_ENV = {"SIM_PUBLISHER_TOKEN": "publisher-token", "SIM_API_PASSWORD": "secret"}
+
+
+class WatchedMachine(PlacementMachine):
+    """The same world with ``serve`` as the HTTP origin and the watchdog (``airflow-placement watch``) acting on it.
+
+    The origin is serve's own code (:class:`ConfirmingSource`, in this process, on its own skewed clock): it records
+    each server's confirmations and fences. The watchdog is the package's :class:`Watchdog`, on its own skewed clock,
+    publishing through the same publisher's state as the person; it is cut off from some or all servers and from
+    serve at times hypothesis picks, and restarts (keeping its state file). Mocked, because they are HTTP clients of
+    what is simulated here: its health checks (a server down or out of its reach is unreachable, one whose scheduler
+    stopped is unhealthy), its calls to serve (the same object the servers reach) and Airflow's REST API on the
+    servers (the task instances a server skipped; a cleared one is decided again once that server's scheduler runs).
+
+    Checked besides the guarantee: a re-run never runs a run that ran (on any server); every move the watchdog
+    publishes goes to a server that is up with its scheduler running, and it publishes only while it reaches a
+    strict majority of the voters (the servers and serve).
+    """
+
+    SOURCE: ClassVar[Literal["file", "http"]] = "http"
+    WATCHDOG: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch_offset = self.serve_offset = 0.0
+        self.origin.confirming = ConfirmingSource(
+            self.root / "serve", Tokens(token_hash("unused"), {}), clock=lambda: self.time + self.serve_offset
+        )
+        self.watch_cut: set[str] = set()  # voters the watchdog cannot reach
+        self.restore = False
+        self.next_watch = T0
+        self.race: list[frozenset[str]] = []
+        self.watch_log: list[str] = []
+        self.watch_moves: list[tuple[float, dict[str, object]]] = []
+        self.watchdog: SimWatchdog | None = None
+        patches = [
+            mock.patch.dict(os.environ, WATCH_ENV),
+            mock.patch.object(watch, "check_health", self.health),
+            mock.patch.object(watch, "Airflow", lambda url, user, password: SimAirflow(self, url)),
+        ]
+        for patch in patches:
+            patch.start()
+        self.patches += patches
+
+    @initialize(offsets=st.lists(quarters(-8, 8), min_size=6, max_size=6), restore=st.booleans())
+    def start(self, offsets: list[float], restore: bool = False) -> None:  # type: ignore[override]
+        """As the base machine, and the watchdog (its clock and serve's: the last two offsets), restoring or not."""
+        super().start(offsets[:4])
+        if len(offsets) == 6:
+            self.watch_offset, self.serve_offset = (o * CLOCK_SKEW / 4 for o in offsets[4:])
+        self.restore = restore
+        self.next_watch = self.time + WATCH_INTERVAL
+        self.watchdog = self.make_watchdog()
+
+    def make_watchdog(self) -> SimWatchdog:
+        config = WatchConfig(
+            servers=tuple(ServerConfig(name, f"sim://{name}") for name in SERVERS),
+            source=ORIGIN_URL,
+            publisher_dir=self.root / "publisher",
+            state_dir=self.root / "watch",
+            max_staleness=MAX_STALENESS,
+            clock_skew=CLOCK_SKEW,
+            publisher_token_env="SIM_PUBLISHER_TOKEN",
+            interval=WATCH_INTERVAL,
+            grace=WATCH_GRACE,
+            restore=self.restore,
+            restore_after=RESTORE_AFTER,
+            api_user="admin",
+            api_password_env="SIM_API_PASSWORD",
+        )
+        watchdog = SimWatchdog(config, clock=lambda: self.time + self.watch_offset, log=self.watch_log.append)
+        watchdog.machine = self
+        watchdog.source = SimServeClient(self)  # type: ignore[assignment]
+        return watchdog
+
+    # --- The watchdog's world ---
+
+    def watch_cycles(self, end: float) -> list[float]:
+        moments = []
+        while self.next_watch <= end:
+            moments.append(self.next_watch)
+            self.next_watch += WATCH_INTERVAL
+        return moments
+
+    def watch_cycle(self) -> None:
+        if self.watchdog is not None and not self.watch_paused:
+            self.watchdog.cycle()
+
+    def reaches(self, voter: str) -> bool:
+        if voter in self.watch_cut:
+            return False
+        if voter == "serve":
+            return self.origin.failure != "down"
+        return self.servers[voter].down_since is None
+
+    def health(self, api: str, timeout: float) -> Health:
+        server = self.servers[api.removeprefix("sim://")]
+        if not self.reaches(server.name):
+            return Health(False, False, "unreachable (ConnectionError)")
+        if server.sick:
+            return Health(True, False, "scheduler unhealthy")
+        return Health(True, True, "healthy")
+
+    def interleave(self) -> None:
+        """During a race: the servers drawn for this call to serve fetch just before it, reconnecting if cut off
+        (a fetch now, as when a task asks at the end of its server's wait after a failed fetch)."""
+        if not self.race:
+            return
+        for name in sorted(self.race.pop(0)):
+            server = self.servers[name]
+            if self.scheduling(server):
+                server.cut_off = False
+                with contextlib.suppress(PlacementUnavailable):
+                    server.cache._refresh(server.cache.read() or CacheEntry(server.cache.settings.source))
+
+    def published_by_watchdog(self, move: dict[str, object], slots: set[tuple[str, str | None]]) -> None:
+        """The watchdog published ``move``: check its rules, and keep the operator's desired owners in step (as
+        the inventory's record of moves does)."""
+        target = str(move.get("to") or move.get("restored"))
+        server = self.servers[target]
+        reached = [voter for voter in VOTERS if self.reaches(voter)]
+        self.watch_moves.append((self.time, move))
+        assert self.scheduling(server), (
+            f"the watchdog moved runs to {target}, which is {'down' if server.down_since is not None else 'sick'}: "
+            f"{move}; {self.watch_log[-3:]}"
+        )
+        assert 2 * len(reached) > len(VOTERS), (
+            f"the watchdog published {move} reaching only {', '.join(reached) or 'nobody'}: {self.watch_log[-3:]}"
+        )
+        for key, task in slots:
+            if task is None and key in self.desired:
+                self.desired[key] = target
+
+    def watch_troubled(self) -> bool:
+        return bool(self.watch_cut) or any(s.sick for s in self.servers.values())
+
+    def heal(self) -> None:
+        self.watch_cut.clear()
+        for server in self.servers.values():
+            server.sick = False
+
+    # --- Rules ---
+
+    @precondition(lambda self: self.up())
+    @rule(data=st.data())
+    def scheduler(self, data: st.DataObject) -> None:
+        """A server's scheduler stops (its API server still answers, unhealthy), or starts again."""
+        server = self.draw(data, self.up(), "server")
+        server.sick = not server.sick
+        self.run_cleared()
+
+    @rule(
+        dag=st.sampled_from(DAGS),
+        ahead=quarters(0, 24),
+        who=st.one_of(st.just(frozenset(SERVERS)), st.frozensets(st.sampled_from(SERVERS), min_size=1)),
+    )
+    def trigger_ahead(self, dag: str, ahead: float, who: frozenset[str]) -> None:
+        """A run triggered by hand dated up to 6 s ahead (``airflow dags trigger --logical-date``): the gate's
+        horizon lets a server run one dated up to ``clock_skew`` ahead of its own clock."""
+        self._trigger(dag, ahead, who, None)
+
+    @rule(
+        what=st.sampled_from(("cut", "cut", "heal", "restart")),
+        cut=st.frozensets(st.sampled_from(VOTERS), min_size=1),
+    )
+    def watchdog_trouble(self, what: str, cut: frozenset[str]) -> None:
+        """The watchdog is cut off from some voters (from all of them at worst), reconnected, or restarted (it
+        keeps its state file)."""
+        if what == "cut":
+            self.watch_cut = set(cut)
+        elif what == "heal":
+            self.watch_cut.clear()
+        else:
+            self.watchdog = self.make_watchdog()
+
+    @rule(race=st.lists(st.frozensets(st.sampled_from(SERVERS), min_size=1), min_size=1, max_size=4))
+    def watch_race(self, race: list[frozenset[str]]) -> None:
+        """A watchdog cycle now, while servers fetch between its calls to serve (a cut-off one reconnecting)."""
+        self.race = list(race)
+        try:
+            self.watch_cycle()
+        finally:
+            self.race = []
+        self.run_cleared()
+
+
+class SimWatchdog(Watchdog):
+    """The package's watchdog, telling the machine about each move it publishes."""
+
+    machine: WatchedMachine
+
+    def publish(
+        self,
+        desired: Placement,
+        now: float,
+        *,
+        describe: str,
+        basis: Placement,
+        move: dict[str, Any],
+        slots: set[Slot],
+        failed: str | None = None,
+        since: datetime | None = None,
+    ) -> int | None:
+        serial = super().publish(
+            desired, now, describe=describe, basis=basis, move=move, slots=slots, failed=failed, since=since
+        )
+        if serial is not None and not self.dry_run:
+            self.machine.published_by_watchdog(move, slots)
+        return serial
+
+
+class SimServeClient:
+    """The watchdog's client of serve: the same :class:`ConfirmingSource` the servers reach, unless it is cut off."""
+
+    def __init__(self, machine: WatchedMachine) -> None:
+        self.machine = machine
+
+    def _reach(self) -> ConfirmingSource:
+        self.machine.interleave()
+        if not self.machine.reaches("serve"):
+            raise ServeError(f"GET {ORIGIN_URL}: ConnectionError")
+        assert self.machine.origin.confirming is not None
+        return self.machine.origin.confirming
+
+    def upload(self, text: str) -> int:
+        source = self._reach()
+        try:
+            source.upload(text.encode())
+        except ValueError as exc:
+            raise ServeError(f"PUT {ORIGIN_URL} answered 409: {exc}") from None
+        self.machine._put(text)
+        return self.machine.origin.serial
+
+    def confirmations(self) -> dict[str, Any]:
+        return self._reach().confirmations()
+
+    def fence(self, server: str, stopped_for: float) -> tuple[bool, float]:
+        return self._reach().fence(server, stopped_for)
+
+    def unfence(self, server: str) -> None:
+        self._reach().unfence(server)
+
+
+class SimAirflow:
+    """Airflow's REST API on a server, as the watchdog's re-runs use it: the task instances it skipped, and clears."""
+
+    def __init__(self, machine: WatchedMachine, url: str) -> None:
+        self.machine, self.name = machine, url.removeprefix("sim://")
+
+    def sign_in(self) -> None:
+        if not self.machine.reaches(self.name):
+            raise ApiError(f"POST sim://{self.name}/auth/token: ConnectionError")
+
+    def skipped_since(self, since: datetime) -> Iterator[dict[str, Any]]:
+        for (dag, task, date), tries in list(self.machine.history.items()):
+            mine = tries.get(self.name)
+            if mine and mine[-1][1] == "skip" and date >= since.timestamp():
+                yield self._instance(dag, task, date)
+
+    @staticmethod
+    def _instance(dag: str, task: str, date: float) -> dict[str, Any]:
+        moment = at(date).isoformat()
+        run = f"scheduled__{moment}"
+        return {"dag_id": dag, "task_id": task, "dag_run_id": run, "logical_date": moment, "state": "skipped"}
+
+    def clear(self, run: dict[str, Any], *, dry_run: bool, note: str) -> list[dict[str, Any]]:
+        date = datetime.fromisoformat(run["logical_date"]).timestamp()
+        cleared = []
+        for task in run["task_ids"]:
+            key = (run["dag_id"], task, date)
+            if not dry_run and (self.name, key) not in self.machine.reruns:
+                self.machine.reruns.append((self.name, key))
+            cleared.append(self._instance(run["dag_id"], task, date))
+        return cleared

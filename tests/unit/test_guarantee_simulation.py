@@ -8,10 +8,15 @@ same run.
   rules of the model its counterexample needs (the whole model finds them too, but only after minutes).
 - Scenarios hypothesis found, each cut down by hand: the seven that broke the guarantee before their fixes keep it
   now; the one the package still has (an HTTP upload slower than the lead) is a strict xfail, so a fix shows up.
+- The watchdog (``WatchedMachine``: serve as the source, the package's watchdog acting beside the person): the same
+  guarantee, no re-run of a run that ran, and each of its rules removed alone breaks it.
+
+``PLACEMENT_SIMULATION_SCALE=N`` multiplies the examples of the whole-model searches (CI runs 1).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -22,17 +27,20 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
-from simulation import LEAD, T0, TASK, Draws, PlacementMachine, at
+from simulation import LEAD, T0, TASK, Draws, PlacementMachine, WatchedMachine, at
 
-from airflow_placement import lease
+from airflow_placement import lease, watch
 from airflow_placement.document import parse_document
 from airflow_placement.publish import Publisher
+from airflow_placement.serve import ConfirmingSource
+from airflow_placement.watch import Health, WatchConfig, Watchdog
 
-VIOLATION = "would both run|two servers ran"
+VIOLATION = "would both run|two servers ran|a re-run on .* duplicated"
+SCALE = int(os.environ.get("PLACEMENT_SIMULATION_SCALE", "1"))
 
 
-def machine(name: str, **attributes: Any) -> type[PlacementMachine]:
-    return type(name, (PlacementMachine,), attributes)
+def machine(name: str, base: type[PlacementMachine] = PlacementMachine, **attributes: Any) -> type[PlacementMachine]:
+    return type(name, (base,), attributes)
 
 
 def without(*rules: str) -> dict[str, None]:
@@ -47,7 +55,16 @@ def without(*rules: str) -> dict[str, None]:
 def test_no_two_servers_ever_run_the_same_run(source: str, examples: int) -> None:
     run_state_machine_as_test(
         machine(f"Whole{source.title()}Model", SOURCE=source),
-        settings=settings(max_examples=examples, deadline=None, stateful_step_count=50),
+        settings=settings(max_examples=examples * SCALE, deadline=None, stateful_step_count=50),
+    )
+
+
+def test_with_the_watchdog_no_two_servers_ever_run_the_same_run() -> None:
+    """serve as the source, the watchdog acting beside the person: no run twice, no re-run of a run that ran, every
+    move to a server up and scheduling, none without a majority."""
+    run_state_machine_as_test(
+        machine("WholeWatchedModel", WatchedMachine),
+        settings=settings(max_examples=80 * SCALE, deadline=None, stateful_step_count=50),
     )
 
 
@@ -102,15 +119,70 @@ def test_without_any_one_rule_two_servers_run_the_same_run(
         )
 
 
+# --- Each rule of the watchdog is needed --------------------------------------------------------------------------
+
+WATCH_RULES = ALL_RULES | {"scheduler", "watchdog_trouble", "watch_race", "trigger_ahead"}
+
+
+def _fenced_without_fencing(source: ConfirmingSource, server: str, stopped_for: float) -> tuple[bool, float]:
+    return True, float(source.record["servers"].get(server, {}).get("last", source.record["created"]))
+
+
+def _first_in_order(watchdog: Watchdog, failed: str, health: dict[str, Health]) -> str:
+    return watchdog.config.order(failed)[0]
+
+
+def remove_watch_rule(monkeypatch: pytest.MonkeyPatch, removed: str) -> None:
+    """(1) a strict majority of the voters; (2) the wait for the proof (silent for max_staleness + clock_skew);
+    (3) the clock skew in it; (4) fencing the silent server at serve before the forced move; (5) a healthy successor."""
+    if removed == "majority":
+        monkeypatch.setattr(watch, "has_majority", lambda seen, voters: True)
+    elif removed == "proof_wait":
+        monkeypatch.setattr(WatchConfig, "proof_age", property(lambda config: 0.0))
+    elif removed == "proof_skew":
+        monkeypatch.setattr(WatchConfig, "proof_age", property(lambda config: config.max_staleness))
+    elif removed == "fence":
+        monkeypatch.setattr(ConfirmingSource, "fence", _fenced_without_fencing)
+    else:
+        monkeypatch.setattr(Watchdog, "successor", _first_in_order)
+
+
+@pytest.mark.parametrize(
+    ("removed", "rules", "match"),
+    [
+        ("majority", {"wait", "watchdog_trouble", "crash"}, "reaching only"),
+        ("proof_wait", {"wait", "crash"}, VIOLATION),
+        ("healthy_successor", {"wait", "crash", "scheduler"}, "which is (down|sick)"),
+    ],
+)
+def test_without_any_one_rule_of_the_watchdog_it_breaks_the_guarantee_or_its_own_rules(
+    monkeypatch: pytest.MonkeyPatch, removed: str, rules: set[str], match: str
+) -> None:
+    remove_watch_rule(monkeypatch, removed)
+    with pytest.raises(AssertionError, match=match):
+        run_state_machine_as_test(
+            machine(f"Without_{removed}", WatchedMachine, **without(*(WATCH_RULES - rules))),
+            settings=settings(
+                max_examples=200,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.generate],
+                stateful_step_count=25,
+                report_multiple_bugs=False,
+            ),
+        )
+
+
 # --- Scenarios hypothesis found --------------------------------------------------------------------------------------
 # Each broke the guarantee (or its liveness) before the fix its docstring names, and was cut down by hand from what
 # hypothesis found. They run as they are, so a regression shows up without a search.
 
 
 @contextmanager
-def simulated(**attributes: Any) -> Iterator[PlacementMachine]:
+def simulated(base: type[PlacementMachine] = PlacementMachine, **attributes: Any) -> Iterator[Any]:
     """A machine driven by hand: the rules called in order, the invariant checked after the last."""
-    state = machine("Scenario", **attributes)()
+    state = machine("Scenario", base, **attributes)()
     try:
         yield state
         state.no_two_servers_would_run_the_same_run()
@@ -233,6 +305,39 @@ def forced_failover_after_a_run_triggered_ahead() -> None:
         state.wait(seconds=30.0)
 
 
+def watchdog_forced_after_a_run_triggered_ahead() -> None:
+    """Fixed in Watchdog.force(): its forced move covered runs dated from the proven stop (the last confirmation
+    plus max_staleness + clock_skew, on the watchdog's clock); server-1, cut off from serve and the watchdog, its clock
+    2 s ahead, the watchdog's 2 s behind, ran dag_a's run dated 06:00:36, triggered by hand 4.25 s ahead, just before
+    its copy expired; the forced move gave runs dated from 06:00:34 to server-2, whose re-run ran it again. Now the
+    move starts clock_skew later: the gate's horizon lets a server run runs dated up to the skew ahead of its clock."""
+    with simulated(WatchedMachine) as state:
+        state.start(offsets=[0.0, 2.0, 0.0, 0.0, -2.0, 0.0])  # the publisher, three servers, the watchdog, serve
+        state.wait(seconds=5.0)  # server-1 last confirmed at 06:00:02
+        state.trouble(data=draws("cut off", "server-1"))
+        state.watchdog_trouble(what="cut", cut=frozenset({"server-1"}))
+        state.wait(seconds=26.75)
+        state.trigger(dag="dag_a", date=4.25, who=frozenset({"server-1"}), again=None)  # dated 06:00:36
+        state.wait(seconds=20.0)
+
+
+def watchdog_fence_race(ablated: bool) -> None:
+    """A server silent for longer than the proof fetches the old document while the watchdog moves its runs: after
+    the watchdog read serve's record, before it fences. Fenced, serve refuses the fence (it just confirmed) and the
+    watchdog forces nothing; unfenced, server-1 holds the old document for max_staleness after the move."""
+    with simulated(WatchedMachine) as state:
+        state.start(offsets=[0.0] * 6)
+        state.wait(seconds=5.0)
+        state.trouble(data=draws("cut off", "server-1"))
+        state.watchdog_trouble(what="cut", cut=frozenset({"server-1", "serve"}))  # no majority: it does nothing
+        state.wait(seconds=40.0)
+        state.watchdog_trouble(what="cut", cut=frozenset({"server-1"}))
+        state.watch_race(race=[frozenset({"server-2"}), frozenset({"server-1"})])  # server-1: before the fence
+        state.wait(seconds=20.0)
+        forced = [line for line in state.watch_log if line.startswith("watch: published") and "forced move" in line]
+        assert ablated or not forced, forced
+
+
 SCENARIOS = [
     pytest.param(two_handovers_still_to_come, id="decide-away-and-back"),
     pytest.param(lambda: forced_failover_over_a_pending_handover("file"), id="forced-failover-file"),
@@ -242,12 +347,32 @@ SCENARIOS = [
     pytest.param(run_triggered_ahead_on_a_scheduled_slot, id="run-ahead"),
     pytest.param(forced_failover_right_after_a_crash, id="forced-right-after-crash"),
     pytest.param(forced_failover_after_a_run_triggered_ahead, id="forced-after-a-run-ahead"),
+    pytest.param(watchdog_forced_after_a_run_triggered_ahead, id="watchdog-forced-after-a-run-ahead"),
+    pytest.param(lambda: watchdog_fence_race(False), id="watchdog-fence-race"),
 ]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_a_scenario_that_once_broke_the_guarantee_keeps_it(scenario: Callable[[], None]) -> None:
     scenario()
+
+
+@pytest.mark.parametrize(
+    ("removed", "scenario"),
+    [
+        ("proof_skew", watchdog_forced_after_a_run_triggered_ahead),
+        ("fence", lambda: watchdog_fence_race(True)),
+    ],
+)
+def test_without_the_skew_in_the_proof_or_the_fence_a_watchdog_scenario_runs_twice(
+    monkeypatch: pytest.MonkeyPatch, removed: str, scenario: Callable[[], None]
+) -> None:
+    """Two rules of the watchdog the search does not reach within the unit tests' budget (600 examples did not): it
+    needs a run triggered ahead within the last seconds of a copy's lease, or a fetch between the watchdog's calls to
+    serve in the very cycle that forces. The scenarios above, each with the rule taken out."""
+    remove_watch_rule(monkeypatch, removed)
+    with pytest.raises(AssertionError, match=VIOLATION):
+        scenario()
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="the lead is counted from publish, not from the upload")

@@ -11,8 +11,8 @@ serials and splicing as ``failover.yml``) and uploads to the source:
 2. **A forced one**, as soon as the failed server's last confirmation at the source is older than ``max_staleness``
    plus ``clock_skew``: it holds no copy it may run from, and could get one only from the source, which would have
    recorded it. The watchdog first fences it at the source (refused every document up to the served serial, if it
-   is still silent), then moves its runs dated from that proven stop on. Once the successor has confirmed the new
-   document, the runs it skipped since the proven stop are re-run there once (:mod:`airflow_placement.rerun`);
+   is still silent), then moves its runs dated from ``clock_skew`` after that proven stop on. Once the successor has
+   confirmed the new document, the runs it skipped since then are re-run there once (:mod:`airflow_placement.rerun`);
    earlier ones, which the failed server may or may not have run, are listed with the command that re-runs them.
 
 It never moves runs to an unhealthy server, and acts only while it sees a strict majority of the voters: the servers
@@ -20,9 +20,9 @@ and the source (it is otherwise the one cut off). A failed server gets its DAGs 
 it has been healthy for ``restore_after`` seconds, as a scheduled handover. Each action is one log line on standard
 output, and is posted to ``webhook`` (``{"text": LINE}``) if set. ``dry_run`` only says what it would do.
 
-The forced move covers runs dated from the proven stop on: the failed server decided none of them while it could
-still decide, unless it was triggered ahead of its logical date (which the gate allows up to ``max_staleness``
-ahead); like ``failover.yml -e force=true``, the watchdog assumes no such run.
+Why ``clock_skew`` after the proven stop: until then the failed server may have run a run triggered ahead of its own
+clock by up to the gate's horizon (``clock_skew``); the ``clock_skew`` in the proof covers its clock being ahead of
+the source's.
 
 The proof needs the servers to read the document only from this source. The watchdog checks what it can: the source
 serves the publisher's last document, and a server it forces has confirmed at this source before (one never seen
@@ -295,6 +295,11 @@ def retarget(placement: Placement, slots: set[Slot], old: str, new: str, base: d
 # --- the watchdog ---------------------------------------------------------------------------------------------------
 
 
+def has_majority(seen: int, voters: int) -> bool:
+    """Whether ``seen`` of ``voters`` is a strict majority: without one the watchdog is the one cut off."""
+    return seen * 2 > voters
+
+
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -382,7 +387,7 @@ class Watchdog:
             record, source_problem = None, str(exc)
         seen = sum(h.reachable for h in health.values()) + (record is not None)
         voters = len(health) + 1
-        quorum = seen * 2 > voters
+        quorum = has_majority(seen, voters)
         if quorum != self.state.quorum:
             self.report(
                 f"sees {seen} of {voters} voters (the servers and the source): "
@@ -490,7 +495,9 @@ class Watchdog:
         reason: str,
         silent: float,
     ) -> None:
-        since = ceil_second(datetime.fromtimestamp(stop, UTC))  # it may have run runs dated in the second before
+        # Until its proven stop it may have run runs dated up to the gate's horizon (clock_skew) ahead of its clock,
+        # and runs dated in the second before.
+        since = ceil_second(datetime.fromtimestamp(stop + self.config.clock_skew, UTC))
         desired = retarget(published, slots, failed, successor, since)
         before = self.publisher.published_path.read_text(encoding="utf-8")
         describe = (
@@ -629,7 +636,7 @@ class Watchdog:
     # --- re-runs ---
 
     def rerun_pending(self, record: dict[str, Any]) -> None:
-        """Re-run what a forced move's successor skipped since the proven stop, once it holds the new document."""
+        """Re-run what a forced move's successor skipped since the move's date, once it holds the new document."""
         for item in list(self.state.reruns):
             confirmed = record["servers"].get(item["successor"], {}).get("serial", 0)
             if confirmed < item["serial"]:
@@ -662,8 +669,8 @@ class Watchdog:
             self.report(f"re-runs on {successor} failed: {exc}")
             return
         self.report(
-            f"re-ran once on {successor} what {failed} missed since its proven stop {_iso(item['since'])}: "
-            + (", ".join(cleared) or "nothing was skipped")
+            f"re-ran once on {successor} what {failed} missed from {_iso(item['since'])} "
+            "(its proven stop + clock_skew): " + (", ".join(cleared) or "nothing was skipped")
         )
         earlier: dict[str, list[dict[str, Any]]] = {}
         for ti in skipped:
@@ -681,9 +688,9 @@ class Watchdog:
                     f"'^({tasks})$' -s {first.isoformat()} -e {last.isoformat()} --only-failed -y"
                 )
             self.report(
-                f"runs dated between {failed}'s failure and its proven stop ({_iso(suspect_from.timestamp())} .. "
-                f"{_iso(item['since'])}) may or may not have run there; it still owns them. Once it is back, check "
-                "which did not run and re-run them on it: " + "; ".join(commands)
+                f"runs dated between {failed}'s failure and its proven stop + clock_skew "
+                f"({_iso(suspect_from.timestamp())} .. {_iso(item['since'])}) may or may not have run there; it still "
+                "owns them. Once it is back, check which did not run and re-run them on it: " + "; ".join(commands)
             )
 
 
@@ -705,9 +712,9 @@ def add_commands(commands: Any) -> None:
         help="move a failed server's DAGs to their successors, without a person",
         description="Check each server's health every interval; after a grace period of unhealthy, publish a "
         "scheduled handover of its DAGs to their successors, and a forced one (fenced at the confirming source, "
-        "runs dated from its proven stop) once its last confirmation at the source is older than max_staleness + "
-        "clock_skew; re-run what it missed once. Acts only while it sees a majority of the servers and the source. "
-        "Every action is one line on standard output.",
+        "runs dated from clock_skew after its proven stop) once its last confirmation at the source is older than "
+        "max_staleness + clock_skew; re-run what it missed once. Acts only while it sees a majority of the servers "
+        "and the source. Every action is one line on standard output.",
     )
     watch.add_argument("--config", required=True, help="the watchdog's YAML configuration")
     watch.add_argument("--once", action="store_true", help="one check (and at most one action per server), then exit")

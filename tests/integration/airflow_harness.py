@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +30,20 @@ def podman(*args: str) -> str:
     return subprocess.run(["podman", *args], check=True, capture_output=True, text=True).stdout
 
 
+def socket_answers(path: Path) -> bool:
+    """Whether a server listens on the Unix socket ``path`` (a socket file left by a stopped service does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        try:
+            client.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def ensure_task_image() -> str:
     """A one-binary image (the host's static busybox), as images/build.sh makes it: no registry needed."""
-    if not SOCKET.is_socket():
-        raise RuntimeError(f"the Podman API socket {SOCKET} is missing: run scripts/bootstrap.sh first")
+    if not socket_answers(SOCKET):
+        raise RuntimeError(f"nothing answers on the Podman API socket {SOCKET}: run scripts/bootstrap.sh first")
     if podman("images", "-q", TASK_IMAGE).strip():
         return TASK_IMAGE
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,12 +59,36 @@ def ensure_task_image() -> str:
     return TASK_IMAGE
 
 
-def containers_started(image: str, since: float) -> int:
-    """How many containers of ``image`` Podman started since ``since`` (epoch seconds)."""
-    out = podman(
-        "events", "--stream=false", "--since", str(int(since)), "--filter", "event=start", "--format", "{{.Image}}"
-    )
-    return sum(1 for line in out.splitlines() if line.strip() == image)
+class OwnImage:
+    """A tag of the task image that only one run uses, so that counting the containers started from it counts that
+    run's alone: not an earlier test's started in the same second, nor a demo's, a drill's or Molecule's beside the
+    tests. Podman records a container's image by the name it was created with."""
+
+    def __init__(self, image: str) -> None:
+        self.name = f"{image.rsplit(':', 1)[0]}:run-{uuid.uuid4().hex[:12]}"
+        self.since = time.time() - 5
+        podman("tag", image, self.name)
+
+    def started(self) -> int:
+        """How many containers Podman has started from this tag."""
+        out = podman(
+            "events", "--stream=false", "--since", str(int(self.since)), "--filter", "event=start", "--format",
+            "{{.Image}}",
+        )  # fmt: skip
+        return sum(1 for line in out.splitlines() if line.strip() == self.name)
+
+    def remove(self) -> None:
+        podman("untag", self.name, self.name)  # only this name: without one, untag removes every name
+
+
+@contextmanager
+def own_image(image: str) -> Iterator[OwnImage]:
+    """An :class:`OwnImage` of ``image`` for the block, untagged after it."""
+    tag = OwnImage(image)
+    try:
+        yield tag
+    finally:
+        tag.remove()
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from airflow_harness import Airflow, containers_started
+from airflow_harness import Airflow, own_image
 
 pytestmark = [pytest.mark.airflow, pytest.mark.podman]
 
@@ -20,9 +20,9 @@ def gate(airflow: Airflow, task_image: str, tmp_path):  # type: ignore[no-untype
     def run(document: str, dag_id: str, logical_date: str, host: str, **extra: str) -> tuple[dict[str, str], int]:
         airflow.placement_file.write_text(document)
         extra.setdefault("AIRFLOW__PLACEMENT__CACHE_DIR", str(tmp_path / f"cache-{host}-{time.monotonic_ns()}"))
-        since = time.time() - 1
-        states = airflow.dags_test(dag_id, logical_date, host, **extra)
-        return states, containers_started(task_image, since)
+        with own_image(task_image) as image:
+            states = airflow.dags_test(dag_id, logical_date, host, PLACEMENT_EXAMPLE_IMAGE=image.name, **extra)
+            return states, image.started()
 
     return run
 

@@ -8,13 +8,12 @@ home and one run per scenario serve every test (the runs take about 10-15 s each
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from airflow_harness import REPO, Airflow, containers_started
+from airflow_harness import REPO, Airflow, own_image
 
 from airflow_placement.operators import GatedDockerOperator
 from airflow_placement.settings import OPTIONS
@@ -89,23 +88,25 @@ def every_task(airflow_every_task: Airflow, task_image: str) -> Iterator[Callabl
             logical_date = next(dates)
             out = home / f"out-{scenario}"
             out.mkdir()
-            since = time.time() - 1
-            result = airflow.run(
-                "dags",
-                "test",
-                dag_id,
-                logical_date,
-                host=host,
-                EVERY_TASK_OUT=str(out),
-                AIRFLOW__PLACEMENT__CACHE_DIR=str(home / f"cache-{scenario}"),
-                **extra,
-            )
+            with own_image(task_image) as image:
+                result = airflow.run(
+                    "dags",
+                    "test",
+                    dag_id,
+                    logical_date,
+                    host=host,
+                    EVERY_TASK_OUT=str(out),
+                    EVERY_TASK_IMAGE=image.name,
+                    AIRFLOW__PLACEMENT__CACHE_DIR=str(home / f"cache-{scenario}"),
+                    **extra,
+                )
+                containers = image.started()
             rows = airflow.task_instances(dag_id, logical_date)
             runs[scenario] = Run(
                 states={(row["task_id"], row.get("map_index", "")): row["state"] for row in rows},
                 files={path.name for path in out.iterdir()},
                 log=result.stdout + result.stderr,
-                containers=containers_started(task_image, since),
+                containers=containers,
             )
         return runs[scenario]
 
@@ -198,7 +199,7 @@ def test_a_gated_docker_operator_without_a_run_runs_its_container_on_the_dags_ow
     monkeypatch.setenv("AIRFLOW__PLACEMENT__SOURCE", str(document))
     monkeypatch.setenv("AIRFLOW__PLACEMENT__CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HOST_HOSTNAME", "server-1")
-    operator = GatedDockerOperator(task_id="load", image=task_image, command=["echo", "ran"])
-    since = time.time() - 1
-    assert [operator.execute(None), operator.execute({})] == ["ran", "ran"]
-    assert containers_started(task_image, since) == 2
+    with own_image(task_image) as image:
+        operator = GatedDockerOperator(task_id="load", image=image.name, command=["echo", "ran"])
+        assert [operator.execute(None), operator.execute({})] == ["ran", "ran"]
+        assert image.started() == 2

@@ -5,12 +5,11 @@ Each refusal shows in the task log as one line with the reason, and no container
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from airflow_harness import Airflow, containers_started
+from airflow_harness import Airflow, own_image
 
 from airflow_placement.lease import stack_started_at
 
@@ -27,21 +26,23 @@ def published(serial: int, renewed: datetime, owner: str) -> str:
 def run(airflow: Airflow, task_image: str, document: str, cache: Path, **extra: str) -> tuple[dict[str, str], int, str]:
     """One run as server-1 with the given document and store: its states, containers started, and placement log."""
     airflow.placement_file.write_text(document)
-    since = time.time() - 1
-    result = airflow.run(
-        "dags",
-        "test",
-        "placement_example",
-        RUN_DATE,
-        host="server-1",
-        AIRFLOW__PLACEMENT__CACHE_DIR=str(cache),
-        **extra,
-    )
+    with own_image(task_image) as image:
+        result = airflow.run(
+            "dags",
+            "test",
+            "placement_example",
+            RUN_DATE,
+            host="server-1",
+            AIRFLOW__PLACEMENT__CACHE_DIR=str(cache),
+            PLACEMENT_EXAMPLE_IMAGE=image.name,
+            **extra,
+        )
+        started = image.started()
     output = result.stdout + result.stderr
     assert "Traceback" not in output
     lines = "\n".join(line for line in output.splitlines() if "placement: " in line and "Skipping task" not in line)
     states = {row["task_id"]: row["state"] for row in airflow.task_instances("placement_example", RUN_DATE)}
-    return states, containers_started(task_image, since), lines
+    return states, started, lines
 
 
 def test_a_copy_the_publisher_renewed_just_now_runs(airflow: Airflow, task_image: str, tmp_path: Path) -> None:

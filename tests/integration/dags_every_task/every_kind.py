@@ -22,7 +22,7 @@ from airflow.sdk import DAG, BaseOperator, setup, task, teardown
 
 from airflow_placement import GatedDockerOperator
 
-TASK_IMAGE = "localhost/airflow-placement/busybox:latest"
+TASK_IMAGE = os.environ.get("EVERY_TASK_IMAGE", "localhost/airflow-placement/busybox:latest")
 
 
 def mark(name: str) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -597,18 +598,19 @@ class Publisher:
         :raises PublishError: when the lock is held by another publish, or the plan is refused.
         """
         now = now or datetime.now(UTC)
+        issue = partial(
+            self._issue,
+            desired,
+            lead=lead,
+            failed=failed,
+            since=since,
+            clock_skew=clock_skew,
+            now=now,
+            baseline=baseline,
+        )
         if check:
             with self._locked():
-                return self._issue(
-                    desired,
-                    lead=lead,
-                    failed=failed,
-                    since=since,
-                    clock_skew=clock_skew,
-                    check=True,
-                    now=now,
-                    baseline=baseline,
-                )
+                return issue(check=True)
         if token is None:
             token = self.acquire(wait=wait, now=now)
         with self._locked():
@@ -618,17 +620,7 @@ class Publisher:
                     "publish-lock first"
                 )
             try:
-                return self._issue(
-                    desired,
-                    lead=lead,
-                    failed=failed,
-                    since=since,
-                    clock_skew=clock_skew,
-                    check=False,
-                    now=now,
-                    baseline=baseline,
-                    token=token,
-                )
+                return issue(check=False, token=token)
             except Exception:
                 if self.pending_path.exists():
                     raise

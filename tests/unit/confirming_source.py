@@ -31,9 +31,11 @@ def write_tokens(path: Path) -> Path:
 class Running:
     """A ConfirmingSource served on 127.0.0.1 (a thread), with the publisher's client."""
 
-    def __init__(self, state: Path, tokens: Path, clock: Clock, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self, state: Path, tokens: Path, clock: Clock, tls: tuple[Path, Path] | None = None, min_lead: float = 0.0
+    ) -> None:
         self.clock = clock
-        self.source = ConfirmingSource(state, Tokens.load(tokens), clock=clock)
+        self.source = ConfirmingSource(state, Tokens.load(tokens), clock=clock, min_lead=min_lead)
         self.lines: list[str] = []
         self.http = make_server(self.source, "127.0.0.1", 0, PATH, log=self.lines.append, tls=tls)
         scheme = "https" if tls else "http"

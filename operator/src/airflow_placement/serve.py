@@ -43,13 +43,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ import filelock
 import requests
 import yaml
 
-from airflow_placement.document import DocumentError, normalize_host, parse_document
+from airflow_placement.document import DocumentError, OwnerSchedule, Placement, normalize_host, parse_document
 from airflow_placement.files import replace_file
 from airflow_placement.source import read_token, token_transport_problem
 
@@ -128,6 +130,7 @@ class Served:
     etag: str
     serial: int
     revision: str
+    placement: Placement = field(repr=False, compare=False)
 
 
 def _served(body: bytes, origin: str) -> Served:
@@ -135,7 +138,49 @@ def _served(body: bytes, origin: str) -> Served:
     if placement.meta is None:
         raise ValueError(f"{origin} has no @meta: this source serves only documents with a serial")
     etag = f'"{hashlib.sha256(body).hexdigest()[:40]}"'
-    return Served(body, etag, placement.meta.serial, placement.revision)
+    return Served(body, etag, placement.meta.serial, placement.revision, placement)
+
+
+@dataclass(frozen=True)
+class Move:
+    """Runs of ``what`` dated from ``at`` that the served document gives ``old`` and an upload gives ``new``."""
+
+    what: str
+    at: datetime
+    old: str
+    new: str
+
+
+def _schedule(placement: Placement, key: str, task: str | None) -> OwnerSchedule | None:
+    """``key``'s schedule for ``task`` in ``placement``: its own entry, else what a DAG named ``key`` would match."""
+    entry = next((e for e in placement.entries if e.key == key), None) or placement.entry_for(key)
+    return entry.schedule_for(task)[0] if entry is not None else None
+
+
+def early_moves(served: Placement, new: Placement, now: datetime, lead: float) -> list[Move]:
+    """The runs ``new`` gives another owner than ``served`` does, dated before ``now`` + ``lead``.
+
+    The servers hold ``served`` until they fetch ``new``, and may act on it for up to the lease after their last
+    fetch. A change of owner for runs dated sooner than that can therefore run twice: the old owner from its copy,
+    the new one from ``new``. Only a server that has provably stopped may lose runs that soon. Owners are compared at
+    ``now`` and at every handover before ``now`` + ``lead`` in either document; a run without an owner on either
+    side runs nowhere and moves nothing.
+    """
+    horizon = now + timedelta(seconds=lead)
+    moves: list[Move] = []
+    for key in dict.fromkeys(e.key for e in (*served.entries, *new.entries)):
+        tasks = {t for p in (served, new) for e in p.entries if e.key == key for t in e.tasks}
+        for task in (None, *sorted(tasks)):
+            old_schedule, new_schedule = _schedule(served, key, task), _schedule(new, key, task)
+            if old_schedule is None or new_schedule is None:
+                continue
+            times = {now} | {h.at for sched in (old_schedule, new_schedule) for h in sched.handovers if h.at < horizon}
+            for at in sorted(times):
+                old, owner = old_schedule.owner_at(at), new_schedule.owner_at(at)
+                if old != owner:
+                    moves.append(Move(key if task is None else f"{key}.{task}", at, old, owner))
+                    break
+    return moves
 
 
 class ConfirmingSource:
@@ -145,12 +190,18 @@ class ConfirmingSource:
     and a confirmation recorded before a fence makes the fence refuse.
 
     :param clock: this source's clock (tests pass one moved by hand).
+    :param min_lead: the servers' lease (``max_staleness`` plus the clock-skew margin). With it, an upload that gives
+        runs dated sooner than that another owner is refused, unless their old owner has provably stopped (no
+        confirmation for that long): a publish whose upload came too late, or a forced move of a live server.
     """
 
-    def __init__(self, state_dir: Path, tokens: Tokens, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, state_dir: Path, tokens: Tokens, clock: Callable[[], float] = time.time, min_lead: float = 0.0
+    ) -> None:
         self.dir = state_dir
         self.tokens = tokens
         self.clock = clock
+        self.min_lead = min_lead
         self._lock = threading.Lock()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._process_lock = filelock.FileLock(self.dir / ".serve.lock")
@@ -233,9 +284,26 @@ class ConfirmingSource:
                     raise ValueError(f"serial {new.serial} is older than the served serial {current.serial}")
                 if new.serial == current.serial and new.revision != current.revision:
                     raise ValueError(f"serial {current.serial} is served already, with other content")
+                self._check_lead(current.placement, new.placement)
             replace_file(self.dir / DOCUMENT_FILE, body, sync_directory=True)
             self.served = new
             return new.serial
+
+    def _check_lead(self, served: Placement, new: Placement) -> None:
+        if self.min_lead <= 0:
+            return
+        now = self.clock()
+        for move in early_moves(served, new, datetime.fromtimestamp(now, UTC), self.min_lead):
+            entry = self.record["servers"].get(move.old, {})
+            silent = now - float(entry.get("last", self.record["created"]))
+            if silent < self.min_lead:
+                ahead = max(move.at.timestamp() - now, 0.0)
+                raise ValueError(
+                    f"{move.what} would move from {move.old} to {move.new} for runs dated from "
+                    f"{move.at:%Y-%m-%dT%H:%M:%SZ}, {ahead:.0f} s from now, less than the lease of "
+                    f"{self.min_lead:g} s, and {move.old} confirmed its copy {silent:.0f} s ago: the upload came "
+                    "too late (or the move is forced on a live server); publish it again"
+                )
 
     def fence(self, server: str, stopped_for: float) -> tuple[bool, float]:
         """Fence ``server`` if it has not confirmed for ``stopped_for`` seconds; returns (fenced, last confirmation).
@@ -495,6 +563,14 @@ def add_commands(commands: Any) -> None:
     )
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (chain), PEM (needs --tls-key)")
     serve.add_argument("--tls-key", help="the certificate's private key, PEM")
+    serve.add_argument(
+        "--min-lead",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="the servers' max_staleness plus clock skew: refuse an upload that gives runs dated sooner than that "
+        "another owner, unless that owner has not confirmed for as long (default 0: no such check)",
+    )
     token = commands.add_parser(
         "serve-token",
         help="make a token for serve",
@@ -541,7 +617,9 @@ def serve_command(args: Any) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ServeError("--tls-cert and --tls-key go together")
     tls = (Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    source = ConfirmingSource(Path(args.state_dir), Tokens.load(Path(args.tokens)))
+    if not math.isfinite(args.min_lead) or args.min_lead < 0:
+        raise ServeError(f"--min-lead {args.min_lead}: not a finite number of seconds >= 0")
+    source = ConfirmingSource(Path(args.state_dir), Tokens.load(Path(args.tokens)), min_lead=args.min_lead)
     try:
         server = make_server(source, args.bind, args.port, args.path, tls=tls)
     except ServeError:

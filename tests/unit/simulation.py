@@ -679,6 +679,7 @@ class WatchedMachine(PlacementMachine):
         self.restore = False
         self.next_watch = T0
         self.race: list[frozenset[str]] = []
+        self.when_forced: set[str] = set()  # servers that reconnect and fetch as the watchdog fences
         self.watch_log: list[str] = []
         self.watch_moves: list[tuple[float, dict[str, object]]] = []
         self.watchdog: SimWatchdog | None = None
@@ -810,7 +811,7 @@ class WatchedMachine(PlacementMachine):
 
     @rule(
         what=st.sampled_from(("cut", "cut", "heal", "restart")),
-        cut=st.frozensets(st.sampled_from(VOTERS), min_size=1),
+        cut=st.one_of(st.sampled_from(VOTERS).map(lambda v: frozenset({v})), st.frozensets(st.sampled_from(VOTERS))),
     )
     def watchdog_trouble(self, what: str, cut: frozenset[str]) -> None:
         """The watchdog is cut off from some voters (from all of them at worst), reconnected, or restarted (it
@@ -821,6 +822,18 @@ class WatchedMachine(PlacementMachine):
             self.watch_cut.clear()
         else:
             self.watchdog = self.make_watchdog()
+
+    def revive(self, server: Server) -> None:
+        """``server`` comes back: its stack starts again if it was down, its scheduler runs, its route is back."""
+        if server.down_since is not None:
+            self.start_stack(server)
+        server.sick = server.cut_off = False
+
+    @rule(data=st.data())
+    def reconnect_when_forced(self, data: st.DataObject) -> None:
+        """A server comes back at the worst moment (its stack, its scheduler, its route to serve): when the watchdog,
+        having read serve's record, is about to fence a server for a forced move; it fetches right then."""
+        self.when_forced.add(self.draw(data, list(self.servers.values()), "server").name)
 
     @rule(race=st.lists(st.frozensets(st.sampled_from(SERVERS), min_size=1), min_size=1, max_size=4))
     def watch_race(self, race: list[frozenset[str]]) -> None:
@@ -884,6 +897,11 @@ class SimServeClient:
         return self._reach().confirmations()
 
     def fence(self, server: str, stopped_for: float) -> tuple[bool, float]:
+        if self.machine.when_forced:
+            for name in self.machine.when_forced:
+                self.machine.revive(self.machine.servers[name])
+            self.machine.race[:0] = [frozenset(self.machine.when_forced)]
+            self.machine.when_forced.clear()
         return self._reach().fence(server, stopped_for)
 
     def unfence(self, server: str) -> None:

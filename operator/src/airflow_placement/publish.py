@@ -709,10 +709,13 @@ class Publisher:
                 text = self.published_path.read_text(encoding="utf-8")
             except FileNotFoundError:
                 raise PublishError(f"nothing to renew: nothing was published yet ({self.published_path})") from None
+            before = parse_document(text, origin=str(self.published_path))
+            if before.meta is not None and now < before.meta.issued:
+                # Issued on a clock ahead of this one (the watchdog's, within the skew): never renewed before issued.
+                now = before.meta.issued
             renewed, count = _RENEWED_LINE.subn(f'  renewed: "{_format(now)}"', text, count=1)
             if count != 1:
                 raise PublishError(f"{self.published_path} has no renewal line; publish it again")
-            before = parse_document(text, origin=str(self.published_path))
             serial = before.meta.serial if before.meta else 0
             if (issued := self._issued_serial()) > serial:
                 serial = issued + 1

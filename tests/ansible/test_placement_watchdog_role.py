@@ -1,7 +1,8 @@
-"""The placement_watchdog role on this machine (``ansible_connection: local``): the tokens it generates, the
-configuration it writes and validates, and that the confirming source accepts exactly those tokens. This machine has
-no systemd, so the services themselves are left out (``placement_watchdog_service: false``); the rendered watchdog
-configuration is run once (``watch --once --dry-run``) against a real ``serve`` started from the rendered tokens file.
+"""The placement_watchdog role on this machine (``ansible_connection: local``): the configuration it writes and
+validates, with the publisher's token dag_placement uploads with and the source's CA. This machine has no systemd, so
+the services (the watchdog's, and dag_placement's serve, which the role installs through dag_placement's tasks) are
+left out (``placement_watchdog_service: false``; dag_placement's all-options Molecule scenario runs serve); the
+rendered watchdog configuration is run once (``watch --once --dry-run``) against a real ``serve``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airflow_placement.serve import SourceClient, Tokens
+from airflow_placement.serve import SourceClient, token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -49,10 +50,10 @@ def play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
         "placement_watchdog_config_dir": str(tmp_path / "etc"),
         "placement_watchdog_state_dir": str(tmp_path / "state"),
         "placement_watchdog_api_urls": {"server-1": "http://127.0.0.1:1", "server-2": "http://127.0.0.1:2"},
+        "dag_placement_publish": "serve",
+        "placement_source": "http://127.0.0.1:8765/airflow-dag-on-server.yaml",
         **extra,
     }
-    if "placement_source" not in extra:
-        settings.setdefault("placement_watchdog_source_url", "http://127.0.0.1:8765/airflow-dag-on-server.yaml")
     return subprocess.run(
         [
             str(VENV_BIN / "ansible-playbook"),
@@ -81,20 +82,25 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path
 
 
-def test_each_server_has_its_own_token_and_the_source_knows_only_their_hashes(rendered: Path) -> None:
+def test_the_watchdog_holds_the_publisher_token_dag_placement_uploads_with(rendered: Path) -> None:
     secrets = rendered / "inventory" / ".secrets" / "airflow_placement"
-    tokens = {p.stem: p.read_text().strip() for p in secrets.glob("*.token")}
-    assert sorted(tokens) == ["publisher", "server-1", "server-2"]
-    assert len(set(tokens.values())) == 3
-    written = (rendered / "etc" / "serve-tokens.yaml").read_text()
-    assert not any(token in written for token in tokens.values())
-    known = Tokens.load(rendered / "etc" / "serve-tokens.yaml")
-    assert known.server(tokens["server-1"]) == "server-1"
-    assert known.server(tokens["server-2"]) == "server-2"
-    assert known.is_publisher(tokens["publisher"])
+    publisher = (secrets / "publisher.token").read_text().strip()
+    assert len(publisher) == 43
     env = rendered / "etc" / "watch.env"
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert f"AIRFLOW_PLACEMENT_PUBLISHER_TOKEN={tokens['publisher']}" in env.read_text()
+    assert f"AIRFLOW_PLACEMENT_PUBLISHER_TOKEN={publisher}" in env.read_text()
+    assert not (rendered / "etc" / "serve-tokens.yaml").exists()  # the source's files are dag_placement's
+
+
+def test_an_https_source_gets_the_ca_of_dag_placements_certificate(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
+    run = play(tmp_path, placement_source="https://publisher.example:8765/p.yaml", dag_placement_serve_tls_cert=str(ca))
+    assert run.returncode == 0, run.stdout + run.stderr
+    config = yaml.safe_load((tmp_path / "etc" / "watch.yaml").read_text())
+    assert config["source"] == "https://publisher.example:8765/p.yaml"
+    assert config["source_ca"] == str(tmp_path / "etc" / "source-ca.pem")
+    assert (tmp_path / "etc" / "source-ca.pem").read_text() == ca.read_text()
 
 
 def test_the_rendered_configuration_runs_against_the_rendered_source(rendered: Path) -> None:
@@ -104,16 +110,20 @@ def test_the_rendered_configuration_runs_against_the_rendered_source(rendered: P
         ("server-2", []),
     ]
     assert config["publisher_dir"] == str(rendered / "inventory" / ".placement")
-    publisher = (rendered / "inventory" / ".secrets" / "airflow_placement" / "publisher.token").read_text().strip()
+    secrets = rendered / "inventory" / ".secrets" / "airflow_placement"
+    publisher = (secrets / "publisher.token").read_text().strip()
+    servers = {"server-1": token_hash("t1"), "server-2": token_hash("t2")}
+    tokens_file = rendered / "serve-tokens.yaml"
+    tokens_file.write_text(yaml.safe_dump({"publisher": token_hash(publisher), "servers": servers}))
     cli = [sys.executable, "-m", "airflow_placement.cli"]
     serve = subprocess.Popen(
         [
             *cli,
             "serve",
             "--state-dir",
-            str(rendered / "state" / "serve"),
+            str(rendered / "serve-state"),
             "--tokens",
-            str(rendered / "etc" / "serve-tokens.yaml"),
+            str(tokens_file),
             "--port",
             "0",
         ],
@@ -142,9 +152,16 @@ def test_the_rendered_configuration_runs_against_the_rendered_source(rendered: P
 
 
 def test_a_plain_http_source_off_this_host_is_refused_in_one_line(tmp_path: Path) -> None:
-    run = play(tmp_path, placement_watchdog_source_url="http://192.0.2.1:8765/airflow-dag-on-server.yaml")
+    run = play(tmp_path, placement_source="http://192.0.2.1:8765/airflow-dag-on-server.yaml")
     assert run.returncode != 0
     assert "the servers send their tokens only over HTTPS" in run.stdout
+
+
+def test_a_source_that_is_not_dag_placements_serve_is_refused_in_one_line(tmp_path: Path) -> None:
+    """One source: the watchdog publishes where placement.yml does, so file or git publishing is refused."""
+    run = play(tmp_path, dag_placement_publish="file")
+    assert run.returncode != 0
+    assert "the watchdog publishes to dag_placement's confirming source" in run.stdout
 
 
 def test_the_source_is_the_inventorys_placement_source(tmp_path: Path) -> None:

@@ -668,6 +668,7 @@ class WatchedMachine(PlacementMachine):
 
     SOURCE: ClassVar[Literal["file", "http"]] = "http"
     WATCHDOG: ClassVar[bool] = True
+    BROKEN_MOVES_FILE: ClassVar[bool] = False  # the inventory's record of moves cannot be written
 
     def __init__(self) -> None:
         super().__init__()
@@ -717,7 +718,11 @@ class WatchedMachine(PlacementMachine):
             restore_after=RESTORE_AFTER,
             api_user="admin",
             api_password_env="SIM_API_PASSWORD",
+            moves_file=self.root / "moves" / "dag_placement_moves.yml",
         )
+        (self.root / "moves").mkdir(exist_ok=True)
+        if self.BROKEN_MOVES_FILE:
+            config.moves_file.mkdir(exist_ok=True)  # type: ignore[union-attr]
         watchdog = SimWatchdog(config, clock=lambda: self.time + self.watch_offset, log=self.watch_log.append)
         watchdog.machine = self
         watchdog.source = SimServeClient(self)  # type: ignore[assignment]

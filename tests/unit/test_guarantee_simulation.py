@@ -7,7 +7,7 @@ same run.
 - Each rule of the lease, removed alone: hypothesis finds two servers running the same run. Each search uses the
   rules of the model its counterexample needs (the whole model finds them too, but only after minutes).
 - Scenarios hypothesis found, each cut down by hand: those that broke the guarantee (or renewing) before their fixes,
-  the watchdog's two among them, keep it now; the one the package still has (an HTTP upload slower than the lead) is
+  the watchdog's three among them, keep it now; the one the package still has (an HTTP upload slower than the lead) is
   a strict xfail, so a fix shows up.
 - The watchdog (``WatchedMachine``: serve as the source, the package's watchdog acting beside the person): the same
   guarantee, no re-run of a run that ran, and each of its rules removed alone breaks it.
@@ -355,6 +355,23 @@ def renewal_after_a_watchdog_publish_on_a_clock_ahead() -> None:
         state.wait(seconds=5.0)  # the renewal at 06:00:20, 06:00:18 on the timer's clock
 
 
+def watchdog_move_whose_record_fails() -> None:
+    """Fixed in Watchdog.publish(), which keeps an uploaded document published when the inventory's record of moves
+    cannot be written: it gave the publish up after the upload; the next renewal re-issued the document before it
+    (no handover) under a new serial, and server-2, cut off holding the given-up one (server-2 owns dag_a from
+    06:00:54), ran dag_a's run dated 06:00:56 beside server-1."""
+    with simulated(WatchedMachine, BROKEN_MOVES_FILE=True) as state:
+        state.start(offsets=[0.0] * 6)
+        state.wait(seconds=5.25)
+        state.scheduler(data=draws("server-1"))  # its scheduler stops
+        state.wait(seconds=15.0)  # 06:00:20.25: the watchdog's scheduled handover to server-2 from 06:00:54
+        state.scheduler(data=draws("server-1"))  # it runs again
+        state.wait(seconds=8.75)
+        state.trigger(dag="dag_b", date=-9.0, who=frozenset({"server-2"}), again=None)  # it fetches at 06:00:29
+        state.trouble(data=draws("cut off", "server-2"))
+        state.wait(seconds=30.0)  # the renewal at 06:00:30
+
+
 SCENARIOS = [
     pytest.param(two_handovers_still_to_come, id="decide-away-and-back"),
     pytest.param(lambda: forced_failover_over_a_pending_handover("file"), id="forced-failover-file"),
@@ -367,6 +384,7 @@ SCENARIOS = [
     pytest.param(watchdog_forced_after_a_run_triggered_ahead, id="watchdog-forced-after-a-run-ahead"),
     pytest.param(lambda: watchdog_fence_race(False), id="watchdog-fence-race"),
     pytest.param(renewal_after_a_watchdog_publish_on_a_clock_ahead, id="watchdog-renewal-on-a-clock-behind"),
+    pytest.param(watchdog_move_whose_record_fails, id="watchdog-record-fails"),
 ]
 
 

@@ -598,7 +598,10 @@ class Watchdog:
             text, plan = self.publisher.begin(desired, token=token, **options)
             issued = True
             serial = self.source.upload(text)
-            self._record_move(move, serial, plan, now)
+            try:
+                self._record_move(move, serial, plan, now)
+            except (OSError, ValueError, yaml.YAMLError) as exc:  # it is out: it stays published all the same
+                describe += f" (its record in {self.config.moves_file} was not written: {exc}; add it by hand)"
             self.publisher.commit()
         except (PublishError, ServeError, OSError, ValueError) as exc:
             self.publisher.abort()

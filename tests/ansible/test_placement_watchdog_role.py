@@ -51,6 +51,7 @@ def play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
         "placement_watchdog_state_dir": str(tmp_path / "state"),
         "placement_watchdog_api_urls": {"server-1": "http://127.0.0.1:1", "server-2": "http://127.0.0.1:2"},
         "dag_placement_publish": "serve",
+        "dag_placement_source_cache_seconds": 30,
         "placement_source": "http://127.0.0.1:8765/airflow-dag-on-server.yaml",
         **extra,
     }
@@ -162,6 +163,13 @@ def test_a_source_that_is_not_dag_placements_serve_is_refused_in_one_line(tmp_pa
     run = play(tmp_path, dag_placement_publish="file")
     assert run.returncode != 0
     assert "the watchdog publishes to dag_placement's confirming source" in run.stdout
+
+
+def test_no_time_for_the_upload_is_refused_in_one_line(tmp_path: Path) -> None:
+    """serve --min-lead refuses a handover uploaded later than the lease allows: the lead must leave time for it."""
+    run = play(tmp_path, dag_placement_source_cache_seconds=0)
+    assert run.returncode != 0
+    assert "with time for the upload in the lead" in run.stdout
 
 
 def test_the_source_is_the_inventorys_placement_source(tmp_path: Path) -> None:

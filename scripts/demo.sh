@@ -101,10 +101,12 @@ step "Start the servers: demo/servers.yml" playbook servers.log demo/servers.yml
 step "Provision the servers: ansible/site.yml" playbook site.log ansible/site.yml
 step "Renew the placement document's lease: demo/renewer.sh" start_renewer
 
-health() {  # health PORT: the components' status from Airflow's health endpoint (waits up to 60 s for an answer)
+health() {  # health PORT HOST: the components' status from Airflow's health endpoint (waits up to 60 s for an answer)
     local answer="" _
     for _ in $(seq 12); do
-        answer=$(curl -fsS --max-time 5 "http://127.0.0.1:$1/api/v2/monitor/health" 2>/dev/null) && break
+        # HTTPS with the certificate the server made once (airflow_compose copies it next to the admin password).
+        answer=$(curl -fsS --max-time 5 --cacert "$inventory/.secrets/airflow_compose/$2/tls.crt" \
+            "https://127.0.0.1:$1/api/v2/monitor/health" 2>/dev/null) && break
         sleep 5
     done
     python3 -c 'import json,sys; print(", ".join(k + " " + v["status"] for k, v in json.load(sys.stdin).items()))' \
@@ -113,12 +115,12 @@ health() {  # health PORT: the components' status from Airflow's health endpoint
 
 summary() {
     local host port status unreachable=0
-    printf '\nAirflow UIs (user admin; the password is in the file named):\n'
+    printf '\nAirflow UIs (HTTPS, self-signed: trust tls.crt next to the password; user admin, the password is in the file named):\n'
     for host in $(ansible-inventory -i "$inventory" --graph airflow_servers | sed -n 's/^ *|--//p'); do
         port=$(inventory_var "$host" demo_server_ui_port)
-        status=$(health "$port")
+        status=$(health "$port" "$host")
         [ "$status" != "not answering" ] || unreachable=1
-        printf '  %-9s http://127.0.0.1:%s/  %s\n' "$host" "$port" "$inventory/.secrets/airflow_compose/$host/admin_password"
+        printf '  %-9s https://127.0.0.1:%s/  %s\n' "$host" "$port" "$inventory/.secrets/airflow_compose/$host/admin_password"
         printf '  %-9s %s\n' "" "$status"
     done
     printf '\nWork database shared by the servers'"'"' task containers (%s on the demo network):\n' "$(inventory_var server-1 demo_work_db_ip):5432"

@@ -69,10 +69,13 @@ def test_only_the_components_that_run_tasks_get_the_podman_socket(
 ) -> None:
     compose = render(tmp_path, **variables)
     assert with_socket(compose) == runs_tasks
-    # Every Airflow component still gets the rest: DAGs, plugins, logs, the placement document and its cache.
-    airflow = [name for name in compose["services"] if name.startswith("airflow-")]
-    assert {len(compose["services"][name]["volumes"]) for name in airflow if name not in runs_tasks} == {6}
-    assert {len(compose["services"][name]["volumes"]) for name in runs_tasks} == {7}
+    # Every Airflow component still gets the rest: DAGs, plugins, logs, the certificate, the placement document and
+    # its cache; the API server also gets the certificate's key, and only it.
+    volumes = {name: s["volumes"] for name, s in compose["services"].items() if name.startswith("airflow-")}
+    with_key = [name for name, mounts in volumes.items() if any(":/opt/airflow/tls-key:" in v for v in mounts)]
+    assert with_key == ["airflow-apiserver"]
+    assert {len(mounts) for name, mounts in volumes.items() if name not in [*runs_tasks, *with_key]} == {6}
+    assert {len(volumes[name]) for name in [*runs_tasks, *with_key]} == {7}
 
 
 def test_the_server_is_named_once_by_host_hostname(tmp_path: Path) -> None:

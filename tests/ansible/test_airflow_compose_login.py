@@ -202,3 +202,9 @@ def test_without_a_certificate_one_is_generated_once_kept_and_copied_to_the_cont
     assert second.returncode == 0, second.stdout + second.stderr
     assert "changed=0" in second.stdout
     assert cert.read_bytes() == before
+
+
+def test_an_inventory_name_with_underscores_is_a_valid_server_name(tmp_path: Path) -> None:
+    """Molecule's instance names (and some inventories') have underscores; the certificate is made for the name."""
+    done = playbook(tmp_path, CHECK, airflow_compose_tls_server_name="molecule-gated_operator-default-debian12")
+    assert done.returncode == 0, done.stdout

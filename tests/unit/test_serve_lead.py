@@ -60,6 +60,7 @@ def test_a_handover_that_arrives_too_late_is_refused_and_the_served_document_sta
     assert "etl would move from server-1 to server-2" in message
     assert "55 s from now, less than the lease of 65 s" in message
     assert "server-1 confirmed its copy 10 s ago" in message
+    assert "silent for 65 s (55 s more)" in message
     assert "\n" not in message.strip()
     assert serve.client.confirmations()["serial"] == 1
     assert serve.get(TOKENS["server-1"]).text.count("serial: 1") == 1

@@ -301,8 +301,10 @@ class ConfirmingSource:
                 raise ValueError(
                     f"{move.what} would move from {move.old} to {move.new} for runs dated from "
                     f"{move.at:%Y-%m-%dT%H:%M:%SZ}, {ahead:.0f} s from now, less than the lease of "
-                    f"{self.min_lead:g} s, and {move.old} confirmed its copy {silent:.0f} s ago: the upload came "
-                    "too late (or the move is forced on a live server); publish it again"
+                    f"{self.min_lead:g} s, and {move.old} confirmed its copy {silent:.0f} s ago, so it may still run "
+                    "from it: publish again (an upload that came late gets a new handover the lease ahead), or, to "
+                    f"move at once, wait until {move.old} has been silent for {self.min_lead:g} s "
+                    f"({self.min_lead - silent:.0f} s more)"
                 )
 
     def fence(self, server: str, stopped_for: float) -> tuple[bool, float]:
@@ -488,6 +490,12 @@ def make_server(
     return server
 
 
+def _reason(response: requests.Response) -> str:
+    """The source's one-line reason (its refusals say what to do, so they are kept whole), never a page."""
+    text = " ".join(response.text.split())
+    return text if len(text) <= 600 else text[:600] + "..."
+
+
 @dataclass
 class SourceClient:
     """The publisher's (and the watchdog's) client of a confirming source.
@@ -516,14 +524,14 @@ class SourceClient:
     def upload(self, text: str) -> int:
         response = self._call("PUT", self.url, data=text.encode("utf-8"))
         if response.status_code != 200:
-            raise ServeError(f"PUT {self.url} answered {response.status_code}: {response.text.strip()[:200]}")
+            raise ServeError(f"PUT {self.url} answered {response.status_code}: {_reason(response)}")
         return int(response.json()["serial"])
 
     def confirmations(self) -> dict[str, Any]:
         url = self._base() + "/_confirmations"
         response = self._call("GET", url)
         if response.status_code != 200:
-            raise ServeError(f"GET {url} answered {response.status_code}: {response.text.strip()[:200]}")
+            raise ServeError(f"GET {url} answered {response.status_code}: {_reason(response)}")
         data: dict[str, Any] = response.json()
         return data
 
@@ -531,7 +539,7 @@ class SourceClient:
         url = self._base() + "/_fence"
         response = self._call("POST", url, json={"server": server, "stopped_for": stopped_for})
         if response.status_code not in (200, 409):
-            raise ServeError(f"POST {url} answered {response.status_code}: {response.text.strip()[:200]}")
+            raise ServeError(f"POST {url} answered {response.status_code}: {_reason(response)}")
         answer = response.json()
         return bool(answer["fenced"]), float(answer["last"])
 
@@ -539,7 +547,7 @@ class SourceClient:
         url = self._base() + "/_unfence"
         response = self._call("POST", url, json={"server": server})
         if response.status_code != 200:
-            raise ServeError(f"POST {url} answered {response.status_code}: {response.text.strip()[:200]}")
+            raise ServeError(f"POST {url} answered {response.status_code}: {_reason(response)}")
 
 
 # --- the command line ---------------------------------------------------------------------------------------------

@@ -122,3 +122,27 @@ def test_without_min_lead_the_source_checks_only_serials(tmp_path: Path) -> None
         assert running.client.upload(document(2, "etl: server-2\n")) == 2
     finally:
         running.stop()
+
+
+def test_an_upload_whose_answer_is_lost_counts_as_done_when_the_source_serves_it(
+    serve: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source stores the document, then the connection drops before the answer: giving the publish up would leave
+    the servers on a document the publisher forgot, and its next renewal would take the handover back."""
+
+    def drop(line: str) -> None:
+        raise ConnectionAbortedError(line)  # after the upload is stored, before the answer
+
+    monkeypatch.setattr(serve.http.RequestHandlerClass, "log", staticmethod(drop))
+    assert serve.client.upload(document(2, handover(LEASE + 1) + "report: server-2\n")) == 2
+    assert serve.client.confirmations()["serial"] == 2
+
+
+def test_an_upload_lost_before_the_source_stored_it_fails(serve: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    def drop(self: object, body: bytes) -> int:
+        raise ConnectionAbortedError("before storing")
+
+    monkeypatch.setattr(type(serve.source), "upload", drop)
+    with pytest.raises(ServeError, match=r"^PUT http://127\.0\.0\.1:\d+/airflow-dag-on-server\.yaml: \w+$"):
+        serve.client.upload(document(2, handover(LEASE + 1) + "report: server-2\n"))
+    assert serve.client.confirmations()["serial"] == 1

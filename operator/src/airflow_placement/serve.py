@@ -490,6 +490,13 @@ def make_server(
     return server
 
 
+_NOT_SENT = (requests.exceptions.SSLError, requests.exceptions.ConnectTimeout, requests.exceptions.InvalidURL)
+
+
+class AnswerLost(ServeError):
+    """A request that may have reached the source, whose answer never came (a dropped connection, a timeout)."""
+
+
 def _reason(response: requests.Response) -> str:
     """The source's one-line reason (its refusals say what to do, so they are kept whole), never a page."""
     text = " ".join(response.text.split())
@@ -518,11 +525,34 @@ class SourceClient:
         try:
             verify: str | bool = self.ca or True
             return requests.request(method, url, headers=headers, timeout=self.timeout, verify=verify, **kwargs)
+        except _NOT_SENT as exc:
+            raise ServeError(f"{method} {url}: {type(exc).__name__}") from None  # nothing reached the source
         except requests.RequestException as exc:
-            raise ServeError(f"{method} {url}: {type(exc).__name__}") from None
+            raise AnswerLost(f"{method} {url}: {type(exc).__name__}") from None
 
     def upload(self, text: str) -> int:
-        response = self._call("PUT", self.url, data=text.encode("utf-8"))
+        """PUT ``text``; returns the serial the source serves from now on.
+
+        When the answer is lost (the connection dropped, a timeout), the source may have stored the document all the
+        same: giving the publish up then would leave the servers on a document the publisher has forgotten. So the
+        source is asked what it serves, and serving this serial counts as done (it never serves one serial with two
+        contents). Only when that cannot be asked either is the outcome unknown, and the error says so.
+        """
+        try:
+            response = self._call("PUT", self.url, data=text.encode("utf-8"))
+        except AnswerLost as lost:
+            try:
+                meta = parse_document(text, origin="the uploaded document").meta
+            except DocumentError:
+                raise lost from None
+            try:
+                served = self.confirmations().get("serial")
+            except ServeError:
+                serial = meta.serial if meta else None
+                raise ServeError(f"{lost}; whether the source stored serial {serial} is unknown") from None
+            if meta is not None and served == meta.serial:
+                return meta.serial
+            raise lost from None
         if response.status_code != 200:
             raise ServeError(f"PUT {self.url} answered {response.status_code}: {_reason(response)}")
         return int(response.json()["serial"])

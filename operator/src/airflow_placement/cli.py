@@ -200,7 +200,8 @@ def _add_publisher_commands(commands: Any) -> None:
         "gave them to --failed, the one --after gives them to --successor), with a logical date in [since, until), "
         "so that they run there once. Prints what it clears; --dry-run only asks Airflow what would be cleared.",
     )
-    rerun.add_argument("--api", required=True, help="the successor's Airflow base URL, e.g. http://server-2:8080")
+    rerun.add_argument("--api", required=True, help="the successor's Airflow base URL, e.g. https://server-2:8080")
+    rerun.add_argument("--ca", help="CA bundle that trusts the API server's certificate (default: the system's)")
     rerun.add_argument("--user", required=True, help="the API user")
     rerun.add_argument(
         "--password-env", required=True, metavar="VAR", help="environment variable holding the user's password"
@@ -312,7 +313,7 @@ def _rerun(args: argparse.Namespace) -> int:
     password = os.environ.get(args.password_env)
     if not password:
         raise ValueError(f"the environment variable {args.password_env} (--password-env) is empty or not set")
-    api = Airflow(args.api, args.user, password)
+    api = Airflow(args.api, args.user, password, ca=args.ca)
     api.sign_in()
     runs = select(
         api.skipped_since(args.since),

@@ -35,6 +35,7 @@ class Airflow:
     user: str
     password: str = field(repr=False)
     timeout: float = 30.0
+    ca: str | None = None  # a CA bundle that trusts the API server's certificate (default: the system's)
     _session: requests.Session = field(default_factory=requests.Session, repr=False)
 
     def __post_init__(self) -> None:
@@ -42,7 +43,9 @@ class Airflow:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            response = self._session.request(method, self.url + path, json=body, timeout=self.timeout)
+            response = self._session.request(
+                method, self.url + path, json=body, timeout=self.timeout, verify=self.ca or True
+            )
         except requests.RequestException as exc:
             raise ApiError(f"{method} {self.url}{path.split('?', maxsplit=1)[0]}: {type(exc).__name__}") from None
         if response.status_code not in (200, 201):

@@ -90,6 +90,7 @@ class WatchConfig:
     clock_skew: float
     publisher_token_env: str = "AIRFLOW_PLACEMENT_PUBLISHER_TOKEN"
     source_ca: str | None = None  # a CA bundle that trusts the source's certificate
+    api_ca: str | None = None  # a CA bundle that trusts the servers' API certificates (default: the system's)
     interval: float = 10.0
     grace: float = 60.0
     source_cache: float = 0.0
@@ -178,11 +179,11 @@ class Health:
     reason: str
 
 
-def check_health(api: str, timeout: float) -> Health:
+def check_health(api: str, timeout: float, ca: str | None = None) -> Health:
     """One server's health from its Airflow API server: every component it reports must be healthy."""
     url = api + HEALTH_PATH
     try:
-        response = requests.get(url, timeout=timeout)
+        response = requests.get(url, timeout=timeout, verify=ca or True)
     except requests.RequestException as exc:
         return Health(False, False, f"unreachable ({type(exc).__name__})")
     if response.status_code != 200:
@@ -365,7 +366,8 @@ class Watchdog:
     # --- one cycle ---
 
     def observe(self, now: float) -> dict[str, Health]:
-        health = {s.name: check_health(s.api, self.config.health_timeout) for s in self.config.servers}
+        timeout, ca = self.config.health_timeout, self.config.api_ca
+        health = {s.name: check_health(s.api, timeout, ca) for s in self.config.servers}
         for name, seen in health.items():
             observed = self.state.servers.setdefault(name, Observed())
             if seen.healthy:
@@ -657,7 +659,7 @@ class Watchdog:
             self.report(f"re-runs on {successor} not done: no api_user / api_password_env configured")
             return
         try:
-            api = Airflow(config.server(successor).api, config.api_user, password)
+            api = Airflow(config.server(successor).api, config.api_user, password, ca=config.api_ca)
             api.sign_in()
             before = parse_document(Path(item["before"]).read_bytes(), origin=item["before"])
             after = parse_document(Path(item["after"]).read_bytes(), origin=item["after"])

@@ -179,3 +179,22 @@ def test_the_source_is_the_inventorys_placement_source(tmp_path: Path) -> None:
     assert yaml.safe_load((tmp_path / "etc" / "watch.yaml").read_text())["source"] == (
         "http://localhost:8770/placement.yaml"
     )
+
+
+def test_the_servers_api_certificates_airflow_compose_generated_are_bundled_for_the_health_checks(
+    tmp_path: Path,
+) -> None:
+    """airflow_compose serves each API over HTTPS with a certificate of its own and keeps a copy on the controller."""
+    copies = tmp_path / "inventory" / ".secrets" / "airflow_compose"
+    pems = {}
+    for server in ("server-1", "server-2"):
+        (copies / server).mkdir(parents=True)
+        pems[server] = f"-----BEGIN CERTIFICATE-----\n{server}\n-----END CERTIFICATE-----"
+        (copies / server / "tls.crt").write_text(pems[server] + "\n")
+    run = play(tmp_path, placement_watchdog_api_urls={})
+    assert run.returncode == 0, run.stdout + run.stderr
+    config = yaml.safe_load((tmp_path / "etc" / "watch.yaml").read_text())
+    assert [s["api"] for s in config["servers"]] == ["https://server-1:8080", "https://server-2:8080"]
+    assert config["api_ca"] == str(tmp_path / "etc" / "api-ca.pem")
+    bundle = (tmp_path / "etc" / "api-ca.pem").read_text()
+    assert pems["server-1"] in bundle and pems["server-2"] in bundle

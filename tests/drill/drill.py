@@ -44,6 +44,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -109,7 +110,9 @@ class Api:
 
     def __init__(self, server: str) -> None:
         self.server = server
-        self.base = f"http://127.0.0.1:{SERVERS[server]}"
+        self.base = f"https://127.0.0.1:{SERVERS[server]}"
+        # airflow_compose serves the API over HTTPS with a certificate it generated, copied to the controller.
+        self.tls = ssl.create_default_context(cafile=str(SECRETS / "airflow_compose" / server / "tls.crt"))
         self.token: str | None = None
 
     def _send(self, method: str, path: str, body: Any = None, auth: bool = True) -> tuple[int, Any]:
@@ -119,7 +122,7 @@ class Api:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=self.tls) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")

@@ -687,7 +687,7 @@ class WatchedMachine(PlacementMachine):
         patches = [
             mock.patch.dict(os.environ, WATCH_ENV),
             mock.patch.object(watch, "check_health", self.health),
-            mock.patch.object(watch, "Airflow", lambda url, user, password: SimAirflow(self, url)),
+            mock.patch.object(watch, "Airflow", lambda url, user, password, ca=None: SimAirflow(self, url)),
         ]
         for patch in patches:
             patch.start()
@@ -748,7 +748,7 @@ class WatchedMachine(PlacementMachine):
             return self.origin.failure != "down"
         return self.servers[voter].down_since is None
 
-    def health(self, api: str, timeout: float) -> Health:
+    def health(self, api: str, timeout: float, ca: str | None = None) -> Health:
         server = self.servers[api.removeprefix("sim://")]
         if not self.reaches(server.name):
             return Health(False, False, "unreachable (ConnectionError)")

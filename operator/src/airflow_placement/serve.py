@@ -60,7 +60,7 @@ import filelock
 import requests
 import yaml
 
-from airflow_placement.document import DocumentError, OwnerSchedule, Placement, normalize_host, parse_document
+from airflow_placement.document import DocumentError, Placement, normalize_host, parse_document
 from airflow_placement.files import replace_file
 from airflow_placement.source import read_token, token_transport_problem
 
@@ -151,29 +151,27 @@ class Move:
     new: str
 
 
-def _schedule(placement: Placement, key: str, task: str | None) -> OwnerSchedule | None:
-    """``key``'s schedule for ``task`` in ``placement``: its own entry, else what a DAG named ``key`` would match."""
-    entry = next((e for e in placement.entries if e.key == key), None) or placement.entry_for(key)
-    return entry.schedule_for(task)[0] if entry is not None else None
-
-
 def early_moves(served: Placement, new: Placement, now: datetime, lead: float) -> list[Move]:
     """The runs ``new`` gives another owner than ``served`` does, dated before ``now`` + ``lead``.
 
     The servers hold ``served`` until they fetch ``new``, and may act on it for up to the lease after their last
     fetch. A change of owner for runs dated sooner than that can therefore run twice: the old owner from its copy,
-    the new one from ``new``. Only a server that has provably stopped may lose runs that soon. Owners are compared at
-    ``now`` and at every handover before ``now`` + ``lead`` in either document; a run without an owner on either
+    the new one from ``new``. Only a server that has provably stopped may lose runs that soon. Each entry of either
+    document is compared with what decides its key in the other (its own entry, else what a DAG named so would
+    match), at ``now`` and at every handover before ``now`` + ``lead`` in either; a run without an owner on either
     side runs nowhere and moves nothing.
     """
     horizon = now + timedelta(seconds=lead)
+    old_own, new_own = ({e.key: e for e in placement.entries} for placement in (served, new))
     moves: list[Move] = []
-    for key in dict.fromkeys(e.key for e in (*served.entries, *new.entries)):
-        tasks = {t for p in (served, new) for e in p.entries if e.key == key for t in e.tasks}
+    for key in dict.fromkeys([*old_own, *new_own]):
+        old_entry = old_own.get(key) or served.entry_for(key)
+        new_entry = new_own.get(key) or new.entry_for(key)
+        if old_entry is None or new_entry is None:
+            continue
+        tasks = {t for own in (old_own, new_own) if key in own for t in own[key].tasks}
         for task in (None, *sorted(tasks)):
-            old_schedule, new_schedule = _schedule(served, key, task), _schedule(new, key, task)
-            if old_schedule is None or new_schedule is None:
-                continue
+            old_schedule, new_schedule = old_entry.schedule_for(task)[0], new_entry.schedule_for(task)[0]
             times = {now} | {h.at for sched in (old_schedule, new_schedule) for h in sched.handovers if h.at < horizon}
             for at in sorted(times):
                 old, owner = old_schedule.owner_at(at), new_schedule.owner_at(at)

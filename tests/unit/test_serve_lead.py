@@ -8,6 +8,8 @@ see it, so both owners could run the same runs. Real HTTP on 127.0.0.1, the cloc
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,3 +148,16 @@ def test_an_upload_lost_before_the_source_stored_it_fails(serve: Running, monkey
     with pytest.raises(ServeError, match=r"^PUT http://127\.0\.0\.1:\d+/airflow-dag-on-server\.yaml: \w+$"):
         serve.client.upload(document(2, handover(LEASE + 1) + "report: server-2\n"))
     assert serve.client.confirmations()["serial"] == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+def test_a_min_lead_that_is_not_a_number_of_seconds_is_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    tokens = write_tokens(tmp_path / "tokens.yaml")
+    command = [sys.executable, "-m", "airflow_placement.cli", "serve", "--state-dir", str(tmp_path / "state")]
+    arguments = [*command, "--tokens", str(tokens), "--min-lead", value]
+    run = subprocess.run(arguments, capture_output=True, text=True, check=False, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == (
+        f"airflow-placement serve: error: argument --min-lead: not a finite number of seconds >= 0: '{value}'"
+    )
+    assert not (tmp_path / "state").exists()

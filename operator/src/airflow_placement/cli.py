@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("source", metavar="SRC", help="path or URL of the document")
 
     _add_publisher_commands(commands)
-    add_serve_commands(commands)
+    add_serve_commands(commands, seconds=_seconds)
     add_watch_commands(commands)
     add_objects_commands(commands)
     return parser

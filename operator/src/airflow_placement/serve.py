@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
 import secrets
 import ssl
@@ -581,8 +580,9 @@ class SourceClient:
 # --- the command line ---------------------------------------------------------------------------------------------
 
 
-def add_commands(commands: Any) -> None:
-    """``serve`` and ``serve-token``, for ``airflow-placement``'s parser."""
+def add_commands(commands: Any, seconds: Callable[[str], float]) -> None:
+    """``serve``, ``serve-token`` and ``upload``, for ``airflow-placement``'s parser; ``seconds`` is its argument type
+    for a number of seconds (finite, not negative)."""
     serve = commands.add_parser(
         "serve",
         help="serve the document and record each server's confirmations",
@@ -601,7 +601,7 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--tls-key", help="the certificate's private key, PEM")
     serve.add_argument(
         "--min-lead",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="the servers' max_staleness plus clock skew: refuse an upload that gives runs dated sooner than that "
@@ -653,8 +653,6 @@ def serve_command(args: Any) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ServeError("--tls-cert and --tls-key go together")
     tls = (Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    if not math.isfinite(args.min_lead) or args.min_lead < 0:
-        raise ServeError(f"--min-lead {args.min_lead}: not a finite number of seconds >= 0")
     source = ConfirmingSource(Path(args.state_dir), Tokens.load(Path(args.tokens)), min_lead=args.min_lead)
     try:
         server = make_server(source, args.bind, args.port, args.path, tls=tls)

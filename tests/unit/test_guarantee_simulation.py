@@ -49,6 +49,19 @@ def without(*rules: str) -> dict[str, None]:
     return dict.fromkeys(rules)
 
 
+def ablation_search(examples: int) -> settings:
+    """How an ablation is searched: the same examples every run (derandomized, no database), no shrinking."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        stateful_step_count=25,
+        report_multiple_bugs=False,
+    )
+
+
 # --- The whole model -----------------------------------------------------------------------------------------------
 
 
@@ -108,15 +121,7 @@ def test_without_any_one_rule_two_servers_run_the_same_run(
     with pytest.raises(AssertionError, match=VIOLATION):
         run_state_machine_as_test(
             machine(f"Without_{removed}", **attributes),
-            settings=settings(
-                max_examples=examples,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                phases=[Phase.generate],
-                stateful_step_count=25,
-                report_multiple_bugs=False,
-            ),
+            settings=ablation_search(examples),
         )
 
 
@@ -164,15 +169,7 @@ def test_without_any_one_rule_of_the_watchdog_it_breaks_the_guarantee_or_its_own
     with pytest.raises(AssertionError, match=match):
         run_state_machine_as_test(
             machine(f"Without_{removed}", WatchedMachine, **without(*(WATCH_RULES - rules))),
-            settings=settings(
-                max_examples=200,
-                deadline=None,
-                derandomize=True,
-                database=None,
-                phases=[Phase.generate],
-                stateful_step_count=25,
-                report_multiple_bugs=False,
-            ),
+            settings=ablation_search(200),
         )
 
 

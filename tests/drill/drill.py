@@ -836,9 +836,13 @@ def rollback_step(report: Report, apis: dict[str, Api], stale: str, tick: dateti
     probe_date = datetime.now(UTC).replace(microsecond=0)
     for a in apis.values():
         a.trigger("drill_a", probe_date)
-    deadline = time.monotonic() + 45  # the copy the gates fall back to ages meanwhile: no longer than needed
+    # Held until a gate of server-2 has decided the probe (its log names the decision), not merely until the task
+    # finished: a task Airflow fails before it starts reads nothing. No longer than needed: the copy the gates fall
+    # back to ages meanwhile.
+    deadline = time.monotonic() + 45
     while time.monotonic() < deadline and not any(
-        ti["task_id"] == TASKS[0] and ti["state"] in FINISHED for ti in api.task_instances("drill_a", probe_date)
+        ti["task_id"] == TASKS[0] and "decision=" in text
+        for ti, text in decisions(api, ("drill_a",), probe_date, probe_date)
     ):
         time.sleep(1)
     repaired = repair("server-2")

@@ -93,3 +93,14 @@ def test_every_airflow_component_is_given_the_publishers_public_key(tmp_path: Pa
     compose = render(tmp_path, airflow_compose_placement_public_key=public_key)
     airflow = [service for name, service in compose["services"].items() if name.startswith("airflow-")]
     assert {service["environment"].get("AIRFLOW__PLACEMENT__PUBLIC_KEY") for service in airflow} == {public_key or None}
+
+
+@pytest.mark.parametrize("ca", ["", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"], ids=["none", "ca"])
+def test_the_placement_ca_is_the_placement_fetches_alone(tmp_path: Path, ca: str) -> None:
+    """The source's CA reaches every component as [placement] ca_bundle; REQUESTS_CA_BUNDLE would replace the trust
+    store of every requests call in the containers, the DAGs' own HTTPS included."""
+    compose = render(tmp_path, airflow_compose_placement_ca=ca)
+    airflow = [service for name, service in compose["services"].items() if name.startswith("airflow-")]
+    bundles = {service["environment"].get("AIRFLOW__PLACEMENT__CA_BUNDLE") for service in airflow}
+    assert bundles == {"/opt/airflow/tls/placement-ca.pem" if ca else None}
+    assert not any("REQUESTS_CA_BUNDLE" in service["environment"] for service in airflow)

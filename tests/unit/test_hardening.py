@@ -235,6 +235,53 @@ def test_an_untrusted_certificate_is_one_line(
         load(settings_for(secure.url, tmp_path), clock)
 
 
+@pytest.fixture
+def bundle(tls: ssl.SSLContext, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CA bundle that trusts ``tls``'s certificate, with no ``REQUESTS_CA_BUNDLE`` in the environment."""
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    return next(tmp_path_factory.getbasetemp().glob("tls*/cert.pem"))
+
+
+def test_ca_bundle_trusts_a_private_ca_for_the_placement_fetch_alone(
+    servers: list[Server], tls: ssl.SSLContext, bundle: Path, tmp_path: Path, clock: Clock
+) -> None:
+    """The role gives the containers the source's CA as ``[placement] ca_bundle``, not ``REQUESTS_CA_BUNDLE``, which
+    would replace the trust store of every ``requests`` call there, the DAGs' own included."""
+    secure = Server(answer(200, GOOD, {"ETag": '"a"'}), tls)
+    servers.append(secure)
+    loaded = load(settings_for(secure.url, tmp_path, ca_bundle=str(bundle)), clock)
+    assert loaded.origin == "source"  # type: ignore[attr-defined]
+    assert "REQUESTS_CA_BUNDLE" not in os.environ
+    with pytest.raises(PlacementUnavailable, match=r"\[placement\] ca_bundle can name its CA"):
+        load(settings_for(secure.url, tmp_path / "without"), clock)
+
+
+def test_ca_bundle_from_the_config_section_and_the_command_line(
+    *,
+    servers: list[Server],
+    tls: ssl.SSLContext,
+    bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    secure = Server(answer(200, GOOD, {"ETag": '"a"'}), tls)
+    servers.append(secure)
+    args = ["decide", "--source", secure.url, "--dag-id", "dag_1", "--host", "server-1.tld"]
+    monkeypatch.setenv("AIRFLOW__PLACEMENT__CA_BUNDLE", str(bundle))
+    assert main([*args, "--cache-dir", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    assert '"decision": "run"' in capsys.readouterr().out
+    monkeypatch.delenv("AIRFLOW__PLACEMENT__CA_BUNDLE")
+    assert main([*args, "--cache-dir", str(tmp_path / "b"), "--ca-bundle", str(bundle)]) == 0
+    capsys.readouterr()
+    missing = tmp_path / "no-such-ca.pem"
+    assert main([*args, "--cache-dir", str(tmp_path / "c"), "--ca-bundle", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"airflow-placement decide: error: [placement] ca_bundle: no such file: {missing}\n", err
+    assert len(secure.requests) == 2  # nothing was fetched with the missing bundle
+
+
 def test_a_redirect_loop_ends(servers: list[Server], tmp_path: Path, clock: Clock) -> None:
     looping = Server(redirect_to("/placement.yaml"))
     servers.append(looping)

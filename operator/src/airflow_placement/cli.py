@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     decide_cmd.add_argument("--timeout", type=float, help="seconds to wait for the source (5)")
     decide_cmd.add_argument("--retries", type=int, help="retries of a failed request (2)")
     decide_cmd.add_argument("--token-env", help="environment variable holding a bearer token for the source")
+    decide_cmd.add_argument("--ca-bundle", help="a CA bundle (PEM) the source's certificate is checked against")
     decide_cmd.add_argument("--cache-dir", help="the cache directory shared by this server's tasks")
     decide_cmd.add_argument("--public-key", help="the publisher's public key: refuse documents it did not sign")
 

@@ -61,6 +61,7 @@ class FetchSettings:
     :param retries: how many times a failed request is retried (connection errors and 429/5xx answers).
     :param token_env: the name of an environment variable holding a bearer token for the source, if any; it is
         sent over ``https``, or plain HTTP to this host only.
+    :param ca_bundle: a CA bundle (PEM file) the source's certificate is checked against (None: the system's CAs).
     :param public_key: the publisher's Ed25519 public key (base64): documents it did not sign are refused.
     :param cache_dir: the directory shared by every task process of this server; keep it across restarts.
     :param max_bytes: larger documents are rejected.
@@ -73,6 +74,7 @@ class FetchSettings:
     timeout: float = 5.0
     retries: int = 2
     token_env: str | None = None
+    ca_bundle: str | None = None
     public_key: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -85,6 +87,8 @@ class FetchSettings:
         self.lease  # noqa: B018 - validates ttl, max_staleness and clock_skew
         if self.token_env and self.is_http and (problem := token_transport_problem(self.source, self.token_env)):
             raise ValueError(problem)
+        if self.ca_bundle is not None and not Path(self.ca_bundle).is_file():
+            raise ValueError(f"[placement] ca_bundle: no such file: {self.ca_bundle}")
         if self.public_key is not None:
             load_public_key(self.public_key)
 
@@ -203,6 +207,7 @@ class PlacementCache:
             retries=settings.retries,
             max_bytes=settings.max_bytes,
             token_env=settings.token_env,
+            ca_bundle=settings.ca_bundle,
         )
         try:
             floor = self.store.floor()  # before any request: an unreadable floor accepts nothing

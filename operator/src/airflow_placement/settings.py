@@ -60,6 +60,14 @@ OPTIONS = (
         "Empty: no token.",
     ),
     Option(
+        "ca_bundle",
+        "string",
+        "",
+        "A CA bundle (PEM file) the source's certificate is checked against, for a source whose certificate a "
+        "private CA signed. It applies to the placement fetches only: Airflow and the DAGs keep the system's CAs. "
+        "Empty: the system's CAs.",
+    ),
+    Option(
         "public_key",
         "string",
         "",
@@ -156,6 +164,7 @@ def gate_settings(overrides: dict[str, Any], config: dict[str, str | None]) -> G
         timeout=number("timeout"),
         retries=whole("retries"),
         token_env=pick("token_env") or None,
+        ca_bundle=pick("ca_bundle") or None,
         public_key=pick("public_key") or None,
         cache_dir=Path(pick("cache_dir") or DEFAULT_CACHE_DIR),
     )

@@ -123,6 +123,7 @@ class HttpSource:
     retries: int
     max_bytes: int
     token_env: str | None = None
+    ca_bundle: str | None = None
 
     @property
     def deadline(self) -> float:
@@ -171,7 +172,14 @@ class HttpSource:
         while True:
             wait = min(self.timeout, _remaining(deadline))
             try:
-                response = _session().get(url, headers=headers, timeout=wait, stream=True, allow_redirects=False)
+                response = _session().get(
+                    url,
+                    headers=headers,
+                    timeout=wait,
+                    stream=True,
+                    allow_redirects=False,
+                    verify=self.ca_bundle or True,
+                )
             except (requests.ConnectionError, requests.Timeout):
                 if attempt == self.retries:
                     raise
@@ -245,10 +253,16 @@ def local_path(source: str) -> Path:
 
 
 def open_source(
-    source: str, *, timeout: float, retries: int, max_bytes: int, token_env: str | None = None
+    source: str,
+    *,
+    timeout: float,
+    retries: int,
+    max_bytes: int,
+    token_env: str | None = None,
+    ca_bundle: str | None = None,
 ) -> HttpSource | FileSource:
     if is_http(source):
-        return HttpSource(source, timeout, retries, max_bytes, token_env)
+        return HttpSource(source, timeout, retries, max_bytes, token_env, ca_bundle)
     return FileSource(local_path(source), max_bytes)
 
 
@@ -257,7 +271,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, requests.exceptions.Timeout):
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
-        return "the TLS handshake failed (is the certificate trusted? REQUESTS_CA_BUNDLE can name its CA)"
+        return "the TLS handshake failed (is the certificate trusted? [placement] ca_bundle can name its CA)"
     if isinstance(exc, requests.exceptions.ConnectionError):
         # A read timeout can arrive as a ConnectionError wrapping urllib3's MaxRetryError.
         reason = getattr(exc.args[0], "reason", None) if exc.args else None

@@ -6,6 +6,8 @@ is asked. The drill (tests/drill) re-runs for real on the demo."""
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -125,6 +127,24 @@ def airflow() -> Iterator[FakeAirflow]:
     thread.start()
     yield fake
     fake.server.shutdown()
+
+
+@pytest.fixture
+def airflow_https(airflow: FakeAirflow, tmp_path: Path) -> Path:
+    """The stand-in over HTTPS, with a self-signed certificate for 127.0.0.1 (as airflow_compose generates one per
+    server); the certificate's path, the CA the re-run must be given."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    airflow.server.socket = context.wrap_socket(airflow.server.socket, server_side=True)
+    airflow.url = airflow.url.replace("http://", "https://")
+    return cert
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +270,30 @@ def test_a_rerun_airflow_refuses_stops_with_one_line_and_never_shows_the_passwor
     assert "not-the-password" not in run.output
     assert [m["failed"] for m in site.moves()] == ["server-1"]  # the move stands; only the re-run is to do again
     assert not airflow.clears(dry_run=True)
+
+
+def test_a_rerun_over_https_trusts_dag_placement_api_ca(
+    tmp_path: Path, airflow: FakeAirflow, airflow_https: Path, published: Site
+) -> None:
+    """The servers' API speaks HTTPS with a certificate the controller's CAs do not know: dag_placement_api_ca (by
+    default the controller's copy of the certificate airflow_compose generated) is what the re-run trusts."""
+    since = airflow.since
+    args = ("failover.yml", "-e", "failed=server-1", "-e", "force=true", "-e", f"rerun_since={_iso(since)}")
+    untrusted = _site(tmp_path / "untrusted", airflow, published)
+    untrusted.group_vars["dag_placement_api_ca"] = ""
+    untrusted.write()
+    run = untrusted.play(*args)
+    assert run.returncode != 0
+    assert run.failure() == (
+        "dag_placement: the move is published and recorded, but the re-run on server-2 failed: airflow-placement "
+        f"rerun: error: POST {airflow.url}/auth/token: the TLS handshake failed (is the API server's certificate "
+        "trusted? --ca names a CA bundle that trusts it)"
+    )
+    assert not airflow.requests  # no TLS session, no request
+
+    trusted = _site(tmp_path / "trusted", airflow, published)
+    trusted.group_vars["dag_placement_api_ca"] = str(airflow_https)
+    trusted.write()
+    run = trusted.play(*args)
+    assert run.returncode == 0, run.output
+    assert _clears(airflow, dry_run=False) == _expected(since)

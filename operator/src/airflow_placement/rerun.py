@@ -46,6 +46,11 @@ class Airflow:
             response = self._session.request(
                 method, self.url + path, json=body, timeout=self.timeout, verify=self.ca or True
             )
+        except requests.exceptions.SSLError:
+            raise ApiError(
+                f"{method} {self.url}{path.split('?', maxsplit=1)[0]}: the TLS handshake failed (is the API server's "
+                "certificate trusted? --ca names a CA bundle that trusts it)"
+            ) from None
         except requests.RequestException as exc:
             raise ApiError(f"{method} {self.url}{path.split('?', maxsplit=1)[0]}: {type(exc).__name__}") from None
         if response.status_code not in (200, 201):

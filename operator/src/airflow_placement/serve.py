@@ -407,14 +407,18 @@ class ServeHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length)
 
-    def do_PUT(self) -> None:
-        if self._path() != self.path_name:
-            self._text(404, f"only {self.path_name} is served here")
-            return
+    def _publisher_body(self, paths: tuple[str, ...], not_found: str) -> bytes | None:
+        """The body of the publisher's request to one of ``paths``; None once another answer has been sent."""
+        if self._path() not in paths:
+            self._text(404, not_found)
+            return None
         if not self.source.tokens.is_publisher(self._token()):
             self._text(401, "the publisher's token is needed")
-            return
-        body = self._body()
+            return None
+        return self._body()
+
+    def do_PUT(self) -> None:
+        body = self._publisher_body((self.path_name,), f"only {self.path_name} is served here")
         if body is None:
             return
         try:
@@ -426,13 +430,7 @@ class ServeHandler(BaseHTTPRequestHandler):
         self._json(200, {"serial": serial})
 
     def do_POST(self) -> None:
-        if self._path() not in (self._beside("_fence"), self._beside("_unfence")):
-            self._text(404, "not found")
-            return
-        if not self.source.tokens.is_publisher(self._token()):
-            self._text(401, "the publisher's token is needed")
-            return
-        body = self._body()
+        body = self._publisher_body((self._beside("_fence"), self._beside("_unfence")), "not found")
         if body is None:
             return
         try:

@@ -7,6 +7,8 @@
 #   scripts/test.sh lint unit  only the named stages (setup, lint, unit, integration, ansible, molecule)
 #   scripts/test.sh drill      the failover drill, opt-in (about 25 min): brings the local demo up, runs tests/drill,
 #                              takes the demo down again
+#   scripts/test.sh example    the example inventory on three servers, opt-in (about 10 min): brings its test bed up,
+#                              runs tests/example, takes the bed down again (tests/example/down.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,14 +41,20 @@ stage_drill() {
     scripts/demo-down.sh || status=1
     return "$status"
 }
+stage_example() {  # the test's fixture brings the bed up and takes it down; down.sh again if pytest was killed
+    local status=0
+    .venv/bin/pytest -q -s tests/example || status=1
+    tests/example/down.sh || status=1
+    return "$status"
+}
 stage_molecule() {
     if [ -x scripts/molecule.sh ]; then scripts/molecule.sh all; else echo "no Molecule scenarios yet"; fi
 }
 
 for stage in "${stages[@]}"; do
     case "$stage" in
-        setup|lint|unit|integration|ansible|molecule|drill) run_stage "$stage" "stage_$stage" ;;
-        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration ansible molecule drill)" >&2; exit 2 ;;
+        setup|lint|unit|integration|ansible|molecule|drill|example) run_stage "$stage" "stage_$stage" ;;
+        *) echo "test.sh: unknown stage '$stage' (stages: setup lint unit integration ansible molecule drill example)" >&2; exit 2 ;;
     esac
     # Nothing after a failed setup can be trusted.
     if [ "$stage" = setup ] && [ "$failed" -ne 0 ]; then break; fi

@@ -82,6 +82,16 @@ inventory_var() {  # inventory_var HOST NAME: a variable of the inventory, as th
     ansible-inventory -i "$inventory" --host "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"
 }
 
+detach() {  # detach COMMAND...: COMMAND in the background in its own session, without this shell's open files (a
+    # lock demo.sh runs under, e.g. flock FILE scripts/demo.sh, must not stay held by the renewer or the watchdog)
+    (
+        for fd in $(ls /proc/$BASHPID/fd); do
+            [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+        done
+        exec setsid "$@" </dev/null >/dev/null 2>&1
+    ) &
+}
+
 renewer_pid() {  # the pid of the running demo/renewer.sh (its own process group), or nothing
     local pid
     pid=$(cat "$logs/renewer.pid" 2>/dev/null) || return 1
@@ -96,7 +106,7 @@ start_renewer() {  # file publishing needs renewals: demo/renewer.sh in the back
     fi
     interval=$(inventory_var server-1 demo_renew_interval_seconds)
     mkdir -p "$logs"
-    setsid demo/renewer.sh "$interval" </dev/null >/dev/null 2>&1 &
+    detach demo/renewer.sh "$interval"
     echo "$!" >"$logs/renewer.pid"
     echo "    ansible/renew.yml every ${interval}s after the last one (pid $!), log $logs/renewer.log"
 }
@@ -114,7 +124,7 @@ start_watchdog() {  # serve publishing: airflow-placement watch in the backgroun
         return 0
     fi
     mkdir -p "$logs"
-    setsid demo/watchdog.sh "$logs/watchdog/watch.yaml" </dev/null >/dev/null 2>&1 &
+    detach demo/watchdog.sh "$logs/watchdog/watch.yaml"
     echo "$!" >"$logs/watchdog.pid"
     echo "    airflow-placement watch --config $logs/watchdog/watch.yaml (pid $!), log $logs/watchdog.log"
 }

@@ -86,6 +86,16 @@ wheelhouse() {  # prints the wheelhouse directory for the Airflow requirements, 
         mkdir -p "$cache/logs"
         "$pip" wheel --wheel-dir "$dir" --constraint "$repo/constraints.txt" "${airflow_requirements[@]}" \
             "${wheelhouse_extras[@]}" >"$cache/logs/wheelhouse.log" 2>&1 || { tail -n 30 "$cache/logs/wheelhouse.log" >&2; die "pip wheel failed"; }
+        # Every wheel of the image at a version constraints.txt pins: nothing resolved afresh on the next build.
+        local unpinned; unpinned=$(python3 - "$dir" "$repo/constraints.txt" <<'PY'
+import pathlib, re, sys
+def name(text): return re.sub(r"[-_.]+", "-", text).lower()
+lines = pathlib.Path(sys.argv[2]).read_text().splitlines()
+pinned = {name(line.split("==")[0]) for line in lines if "==" in line and not line.startswith("#")}
+print(" ".join(sorted({name(w.name.split("-")[0]) for w in pathlib.Path(sys.argv[1]).glob("*.whl")} - pinned)))
+PY
+)
+        [ -z "$unpinned" ] || die "constraints.txt pins no version of what the Airflow image needs: $unpinned"
         touch "$dir/.complete"
     fi
     echo "$dir"

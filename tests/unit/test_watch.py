@@ -230,6 +230,24 @@ def test_a_scheduled_handover_after_the_grace_and_a_forced_one_only_after_the_pr
     assert world.serial == 3  # nothing left to move
 
 
+def test_a_forced_move_waits_for_its_date_without_a_refusal(world: World) -> None:
+    """Proven stopped at 65 s, but its runs move only from 70 s (the proven stop + clock_skew): checks in between
+    publish nothing and say nothing (the publisher refuses a forced move dated ahead; the demo's watchdog drill logged
+    that refusal once)."""
+    world.confirm_all_up()
+    world.airflow["server-1"].state = "sick"
+    watchdog = world.watchdog()
+    watchdog.cycle()
+    run_for(world, watchdog, 65, step=5)  # proven at 65 s
+    assert world.serial == 2  # the scheduled handover only
+    run_for(world, watchdog, 4, step=2)  # 67 s, 69 s: since (70 s) still ahead
+    assert world.serial == 2
+    assert not any("refused" in line for line in world.lines), world.lines
+    run_for(world, watchdog, 2, step=2)  # 71 s
+    assert world.serial == 3
+    assert world.owner("dag_a", T0 + PROOF + CLOCK_SKEW) == "server-2"
+
+
 def test_with_a_signing_key_what_the_watchdog_publishes_is_signed(
     tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

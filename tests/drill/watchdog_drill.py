@@ -186,7 +186,11 @@ def watchdog_lines(since: datetime, until: datetime | None = None) -> list[tuple
 
 
 def wait_watching(timeout: float = 120) -> None:
-    """Until the watchdog says it sees a majority (its first line)."""
+    """Until the watchdog says it sees a majority (its first line); demo/watchdog.sh must be running (its log
+    outlives a demo)."""
+    pid = (LOGS / "watchdog.pid").read_text().strip() if (LOGS / "watchdog.pid").exists() else ""
+    if not pid or not Path(f"/proc/{pid}").exists():
+        raise RuntimeError(f"demo/watchdog.sh is not running ({LOGS / 'watchdog.pid'}): scripts/demo.sh --watchdog")
     deadline = time.monotonic() + timeout
     while not any("a majority, watching" in text for _, text in watchdog_lines(datetime.min.replace(tzinfo=UTC))):
         if time.monotonic() > deadline:

@@ -327,11 +327,14 @@ def watchdog_fence_race(ablated: bool) -> None:
     with simulated(WatchedMachine) as state:
         state.start(offsets=[0.0] * 6)
         state.wait(seconds=5.0)
-        state.trouble(data=draws("cut off", "server-1"))
-        state.watchdog_trouble(what="cut", cut=frozenset({"server-1", "serve"}))  # no majority: it does nothing
-        state.wait(seconds=40.0)
+        state.trouble(data=draws("cut off", "server-1"))  # silent at serve from here; healthy to the watchdog
+        state.wait(seconds=30.0)
         state.watchdog_trouble(what="cut", cut=frozenset({"server-1"}))
-        state.watch_race(race=[frozenset({"server-2"}), frozenset({"server-1"})])  # server-1: before the fence
+        state.wait(seconds=5.0)  # a cycle sees it unreachable: the grace starts
+        state.next_watch += 60.0  # the next cycle comes late (say, its health checks time out) ...
+        state.wait(seconds=10.0)
+        state.watch_race(race=[frozenset({"server-2"}), frozenset({"server-1"})])  # ... past the grace and the proof
+        state.next_watch = state.time + 5.0
         state.wait(seconds=20.0)
         forced = [line for line in state.watch_log if line.startswith("watch: published") and "forced move" in line]
         assert ablated or not forced, forced

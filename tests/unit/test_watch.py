@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +52,7 @@ class FakeAirflow:
 
     def __init__(self) -> None:
         self.state = "up"
+        self.delay: Callable[[], None] = lambda: None  # runs before each answer (a slow server: a clock moved on)
         self.skipped: list[dict[str, Any]] = []  # task instances the REST API lists as skipped
         self.cleared: list[dict[str, Any]] = []  # bodies of clearTaskInstances calls that were not dry runs
         fake = self
@@ -68,6 +69,7 @@ class FakeAirflow:
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
+                fake.delay()
                 if fake.state == "down":
                     self.close_connection = True
                     return
@@ -248,6 +250,25 @@ def test_a_forced_move_waits_for_its_date_without_a_refusal(world: World) -> Non
     assert world.owner("dag_a", T0 + PROOF + CLOCK_SKEW) == "server-2"
 
 
+def test_slow_health_checks_neither_shorten_a_handovers_lead_nor_date_a_forced_move_early(world: World) -> None:
+    """Each check of server-2 takes 4 s (a server that does not answer takes the health timeout). The scheduled
+    handover is still the whole lease ahead of its upload, and the forced move still starts at the proven stop +
+    clock_skew: both count from the time the watchdog acts, not from the start of its cycle."""
+    world.confirm_all_up()  # server-1 last confirms at T0
+    world.airflow["server-1"].state = "sick"
+    world.airflow["server-2"].delay = lambda: world.clock.advance(4)
+    watchdog = world.watchdog()
+    watchdog.cycle()
+    while world.serial == 1:
+        run_for(world, watchdog, 6, step=6)
+    assert world.owner_change("dag_a") - world.clock() >= PROOF  # uploaded just now: the lease ahead
+    while world.serial == 2:
+        run_for(world, watchdog, 6, step=6)
+    assert any("forced move" in line for line in world.lines), world.lines
+    assert world.owner("dag_a", T0 + PROOF + CLOCK_SKEW - 1) == "server-1"  # it may have run those
+    assert world.owner("dag_a", T0 + PROOF + CLOCK_SKEW + 10) == "server-2"
+
+
 def test_with_a_signing_key_what_the_watchdog_publishes_is_signed(
     tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,8 +337,12 @@ def test_no_majority_no_action(tmp_path: Path, clock: Clock, monkeypatch: pytest
         run_for(world, watchdog, 200)  # sees the healthy server-2 and the source: 2 of 4, it may be the one cut off
         assert world.serial == 1
 
-        world.airflow["server-3"].state = "sick"  # 3 of 4: it acts, moving server-1's and server-3's DAGs
-        run_for(world, watchdog, 10)
+        # 3 of 4: a majority again. What it saw without one does not count: the grace starts now (the demo's drill
+        # saw a watchdog back from isolation try a move at once, against a server only it had not reached).
+        world.airflow["server-3"].state = "sick"
+        run_for(world, watchdog, GRACE)  # checks every 10 s: the first with a majority started the grace
+        assert world.serial == 1
+        run_for(world, watchdog, 10)  # the grace is over: it acts, moving server-1's and server-3's DAGs
         assert world.serial > 1
         assert world.owner("dag_a", clock() + 3600) == "server-2"
     finally:

@@ -16,7 +16,8 @@ serials and splicing as ``failover.yml``) and uploads to the source:
    earlier ones, which the failed server may or may not have run, are listed with the command that re-runs them.
 
 It never moves runs to an unhealthy server, and acts only while it sees a strict majority of the voters: the servers
-and the source (it is otherwise the one cut off). A failed server gets its DAGs back only if ``restore`` is on, once
+and the source (it is otherwise the one cut off); what it saw without one counts towards no grace, which starts again
+once it sees a majority. A failed server gets its DAGs back only if ``restore`` is on, once
 it has been healthy for ``restore_after`` seconds, as a scheduled handover. Each action is one log line on standard
 output, and is posted to ``webhook`` (``{"text": LINE}``) if set. ``dry_run`` only says what it would do.
 
@@ -390,6 +391,11 @@ class Watchdog:
         seen = sum(h.reachable for h in health.values()) + (record is not None)
         voters = len(health) + 1
         quorum = has_majority(seen, voters)
+        if not quorum:
+            # Cut off, it cannot tell a server's failure from its own: nothing seen now counts towards the grace (or
+            # restore_after), which starts again once it sees a majority.
+            for observed in self.state.servers.values():
+                observed.unhealthy_since = observed.healthy_since = None
         if quorum != self.state.quorum:
             self.report(
                 f"sees {seen} of {voters} voters (the servers and the source): "
@@ -399,7 +405,10 @@ class Watchdog:
             self.state.quorum = quorum
         if quorum and record is not None:
             try:
-                self.act(now, health, record)
+                # The time now, after the health checks (a server that does not answer takes its timeout) and the
+                # reading of the record: the record's clock is set against it to date a forced move, and a
+                # handover's lead counts from it. The cycle's start would date both that much too early.
+                self.act(self.clock(), health, record)
             except (PublishError, ServeError, OSError, ValueError) as exc:
                 self.report(f"cannot act: {exc}")
         self.state.save(self.state_path)

@@ -32,20 +32,7 @@ if pid=$(cat "$pidfile" 2>/dev/null) && ps -o args= -p "$pid" 2>/dev/null | grep
 fi
 rm -f "$pidfile"
 rm -rf "$repo/.cache/demo/watchdog"
-mapfile -t containers < <(podman ps --all --filter "label=$label" --format '{{.Names}}')
-if [ "${#containers[@]}" -gt 0 ]; then
-    echo "removing containers: ${containers[*]}"
-    podman rm --force --time 0 "${containers[@]}" >/dev/null
-fi
-mapfile -t volumes < <(podman volume ls --format '{{.Name}}' | grep -E "^$network-" || true)
-if [ "${#volumes[@]}" -gt 0 ]; then
-    echo "removing volumes: ${volumes[*]}"
-    podman volume rm --force "${volumes[@]}" >/dev/null
-fi
-if podman network exists "$network"; then
-    echo "removing network: $network"
-    podman network rm "$network" >/dev/null
-fi
+"$repo/demo/remove-machines.sh" "$label" "$network"
 for inventory in "$inventory" "$repo/inventory/local-watchdog"; do
     rm -rf "$inventory/.secrets" "$inventory/.rendered" "$inventory/.placement" "$inventory/group_vars/all/dag_placement_moves.yml"
 done

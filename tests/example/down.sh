@@ -10,19 +10,6 @@ label=org.airflow-placement.example-bed
 network=airflow-placement-example
 
 start=$SECONDS
-mapfile -t containers < <(podman ps --all --filter "label=$label" --format '{{.Names}}')
-if [ "${#containers[@]}" -gt 0 ]; then
-    echo "removing containers: ${containers[*]}"
-    podman rm --force --time 0 "${containers[@]}" >/dev/null
-fi
-mapfile -t volumes < <(podman volume ls --format '{{.Name}}' | grep -E "^$network-" || true)
-if [ "${#volumes[@]}" -gt 0 ]; then
-    echo "removing volumes: ${volumes[*]}"
-    podman volume rm --force "${volumes[@]}" >/dev/null
-fi
-if podman network exists "$network"; then
-    echo "removing network: $network"
-    podman network rm "$network" >/dev/null
-fi
+"$repo/demo/remove-machines.sh" "$label" "$network"
 rm -rf "$repo/.cache/example"
 echo "example test bed removed in $((SECONDS - start))s"

@@ -124,9 +124,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
 
 
 @pytest.fixture
-def trust(tls: ssl.SSLContext, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    bundle = next(tmp_path_factory.getbasetemp().glob("tls*/cert.pem"))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+def ca_file(tls: ssl.SSLContext, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CA bundle that trusts ``tls``'s certificate."""
+    return next(tmp_path_factory.getbasetemp().glob("tls*/cert.pem"))
+
+
+@pytest.fixture
+def trust(ca_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
 
 
 def settings_for(url: str, tmp_path: Path, **changes: object) -> FetchSettings:
@@ -236,11 +241,11 @@ def test_an_untrusted_certificate_is_one_line(
 
 
 @pytest.fixture
-def bundle(tls: ssl.SSLContext, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The CA bundle that trusts ``tls``'s certificate, with no ``REQUESTS_CA_BUNDLE`` in the environment."""
+def bundle(ca_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``ca_file``, with no ``REQUESTS_CA_BUNDLE`` in the environment."""
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    return next(tmp_path_factory.getbasetemp().glob("tls*/cert.pem"))
+    return ca_file
 
 
 def test_ca_bundle_trusts_a_private_ca_for_the_placement_fetch_alone(

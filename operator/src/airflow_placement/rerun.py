@@ -42,25 +42,24 @@ class Airflow:
         self.url = self.url.rstrip("/")
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
+        where = f"{method} {self.url}{path.split('?', maxsplit=1)[0]}"  # in messages: no query string
         try:
             response = self._session.request(
                 method, self.url + path, json=body, timeout=self.timeout, verify=self.ca or True
             )
         except requests.exceptions.SSLError:
             raise ApiError(
-                f"{method} {self.url}{path.split('?', maxsplit=1)[0]}: the TLS handshake failed (is the API server's "
-                "certificate trusted? --ca names a CA bundle that trusts it)"
+                f"{where}: the TLS handshake failed (is the API server's certificate trusted? --ca names a CA bundle "
+                "that trusts it)"
             ) from None
         except requests.RequestException as exc:
-            raise ApiError(f"{method} {self.url}{path.split('?', maxsplit=1)[0]}: {type(exc).__name__}") from None
+            raise ApiError(f"{where}: {type(exc).__name__}") from None
         if response.status_code not in (200, 201):
             try:
                 detail = response.json().get("detail", "")
             except ValueError:
                 detail = response.text[:200]
-            raise ApiError(
-                f"{method} {self.url}{path.split('?', maxsplit=1)[0]} answered {response.status_code}: {detail}"
-            )
+            raise ApiError(f"{where} answered {response.status_code}: {detail}")
         return response.json()
 
     def sign_in(self) -> None:
